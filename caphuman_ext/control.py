@@ -1,0 +1,125 @@
+"""One CapHuman identity as a control: CapFace + hint + identity context + strength + pose-only phase."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .capface import CapFace
+
+
+def hard_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The reference's `resize(mask, size) > 0.5`: bilinear, no antialias (torchvision 0.14 tensors), as 0/1."""
+    dtype = mask.dtype
+    mask = mask.float()
+    if tuple(mask.shape[-2:]) != tuple(size):
+        mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False, antialias=False)
+    return (mask > 0.5).to(dtype)
+
+
+@dataclass
+class _HintCache:
+    key: tuple
+    features: torch.Tensor
+    mask: torch.Tensor
+    hard_masks: dict = field(default_factory=dict)
+
+    def hard_mask(self, size: tuple[int, int]) -> torch.Tensor:
+        if size not in self.hard_masks:
+            self.hard_masks[size] = hard_mask(self.mask, size)
+        return self.hard_masks[size]
+
+
+class CapFaceControl:
+    """What one identity contributes to a generation.
+
+    hint: (1 or N, 9, 8h, 8w) rendered `cat([normal, albedo, shading])`; context: (1 or N, 258, context_dim) from
+    `CapFace.identity_context`; strength scales the residuals; rows whose timestep exceeds `drop_identity_above_t`
+    (the reference's tau; 0 = off) see a zero identity context. `active = False` skips the unit entirely.
+    """
+
+    def __init__(self, capface: CapFace, hint: torch.Tensor, context: torch.Tensor, strength: float = 1.0,
+                 drop_identity_above_t: float = 0.0) -> None:
+        self.capface = capface
+        self._hint_cache: _HintCache | None = None
+        self.hint = hint
+        self.context = context
+        self.strength = float(strength)
+        self.drop_identity_above_t = float(drop_identity_above_t)
+        self.active = True
+
+    @property
+    def hint(self) -> torch.Tensor:
+        return self._hint
+
+    @hint.setter
+    def hint(self, value: torch.Tensor) -> None:
+        self._hint = value
+        self._hint_cache = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this control does any work at all this step."""
+        return self.active and self.strength != 0.0
+
+    def _hint_state(self, device: torch.device, dtype: torch.dtype) -> _HintCache:
+        """Hint features and head mask, computed once per hint (they depend on nothing else).
+
+        Assign a new tensor to `hint` (or modify it in place) and they are computed again.
+        """
+        key = (self.hint._version, device, dtype)
+        cache = self._hint_cache
+        if cache is None or cache.key != key:
+            with torch.no_grad():
+                features, mask = self.capface.hint_features(self.hint.to(device, dtype))
+            cache = self._hint_cache = _HintCache(key, features, mask)
+        return cache
+
+    def hint_features(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hint features, sigmoid head mask at latent size), cached per hint."""
+        cache = self._hint_state(device, dtype)
+        return cache.features, cache.mask
+
+    def identity(self, timesteps: torch.Tensor, dtype: torch.dtype,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Identity context per row, zeroed where t > tau (the reference's `drop_control_cond_t`)."""
+        context = _rows(self.context.to(timesteps.device, dtype), rows, timesteps.shape[0])
+        if self.drop_identity_above_t == 0.0:
+            return context
+        keep = (timesteps <= self.drop_identity_above_t).to(dtype)[:, None, None]
+        return context * keep
+
+    def residuals(self, x: torch.Tensor, timesteps: torch.Tensor,
+                  rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The 13 residuals for latent rows `x`, scaled by strength and multiplied by the hard head mask.
+
+        rows: which rows of a per-row hint/context belong to `x` (None: all of them, in order).
+        """
+        dtype = self.capface.dtype
+        cache = self._hint_state(x.device, dtype)
+        features = _rows(cache.features, rows, x.shape[0])
+        context = self.identity(timesteps, dtype, rows)
+        if tuple(features.shape[-2:]) != tuple(x.shape[-2:]):
+            raise ValueError(f"CapHuman hint is {tuple(self.hint.shape[-2:])} pixels but the latent is "
+                             f"{tuple(x.shape[-2:])}: render the hint at 8x the latent size")
+        outs = self.capface.residuals(x, timesteps, context, features)
+        masked = []
+        for out in outs:
+            if self.strength != 1.0:
+                out = out * self.strength
+            mask = _rows(cache.hard_mask(tuple(out.shape[-2:])), rows, x.shape[0])
+            masked.append(out * mask)
+        return masked
+
+
+def _rows(tensor: torch.Tensor, rows: torch.Tensor | None, count: int) -> torch.Tensor:
+    """Broadcast a batch-1 tensor to `count` rows, or pick `rows` of a per-row tensor."""
+    if tensor.shape[0] == 1:
+        return tensor.expand(count, *tensor.shape[1:])
+    if rows is not None:
+        return tensor.index_select(0, rows)
+    if tensor.shape[0] != count:
+        raise ValueError(f"CapHuman conditioning has {tensor.shape[0]} rows but the UNet batch has {count}")
+    return tensor

@@ -1,0 +1,98 @@
+"""Test helpers for the CapFace core: tiny real ldm UNets and CapFaces, and an independent reference forward."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from ldm.modules.diffusionmodules.util import timestep_embedding
+from safetensors.torch import load_file
+
+from caphuman_ext import CapFace, CapFaceConfig
+
+TINY_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=2,
+                 attention_resolutions=[4, 2, 1], channel_mult=[1, 2, 2, 2], num_heads=8,
+                 use_spatial_transformer=True, transformer_depth=1, context_dim=64, use_checkpoint=False,
+                 legacy=False)
+TINY_CAPFACE = CapFaceConfig(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=(2, 2, 2, 2),
+                             attention_levels=(0, 1, 2), context_dim=64)
+
+
+def tiny_unet(seed: int = 0, **overrides) -> UNetModel:
+    torch.manual_seed(seed)
+    return UNetModel(**{**TINY_UNET, **overrides}).eval()
+
+
+def random_capface(config: CapFaceConfig = TINY_CAPFACE, seed: int = 0) -> CapFace:
+    """A CapFace with every parameter random (zero convs included), so residuals matter."""
+    torch.manual_seed(seed)
+    model = CapFace(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (0.5 / max(1, p[0].numel()) ** 0.5) if p.dim() > 1 else
+                    torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def parity_unet(parity_dir: Path) -> UNetModel:
+    config = json.loads((parity_dir / "capface_tiny_config.json").read_text())["unet_and_capface"]
+    unet = UNetModel(**config, out_channels=config["in_channels"]).eval()
+    weights = load_file(parity_dir / "capface_tiny_weights.safetensors")
+    prefix = "model.diffusion_model."
+    unet.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    return unet
+
+
+def reference_capface(capface: CapFace, x, hint, t, context):
+    """The reference CapFace.forward, re-written from the paper code's semantics (in-place hint add, same order)."""
+    emb = capface.time_embed(timestep_embedding(t, capface.config.model_channels, repeat_only=False))
+    guided = capface.input_hint_block(hint, emb, context)
+    mask = capface.mask_predict(guided)
+    outs, h = [], x
+    for i, (block, zero) in enumerate(zip(capface.input_blocks, capface.zero_convs)):
+        h = block(h, emb, context)
+        if i == 0:
+            h = h + guided
+        outs.append(zero(h, emb, context))
+    h = capface.middle_block(h, emb, context)
+    outs.append(capface.middle_block_out(h, emb, context))
+    return outs, mask
+
+
+def reference_eps(unet: UNetModel, x, t, text, units, extra=None):
+    """The reference ControlledUnetModel + CapHuman.apply_model loop.
+
+    units: list of (capface, hint, clip, face, strength, tau). extra: optional 13 plain residuals added unmasked
+    (a stand-in for another ControlNet).
+    """
+    controls, masks = [], []
+    for capface, hint, clip, face, strength, tau in units:
+        ctx = torch.cat([capface.img_linear(clip), capface.id_linear(face)], 1)
+        if tau:
+            ctx = ctx * (t <= tau).float()[:, None, None]
+        outs, mask = reference_capface(capface, x, hint, t, ctx)
+        controls.append([o * strength for o in outs])
+        masks.append(mask)
+    emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
+    hs, h = [], x
+    for module in unet.input_blocks:
+        h = module(h, emb, text)
+        hs.append(h)
+    h = unet.middle_block(h, emb, text)
+    extra = list(extra) if extra is not None else None
+    for c, m in zip(controls, masks):
+        h = h + c.pop() * (F.interpolate(m, h.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
+    if extra:
+        h = h + extra.pop()
+    for module in unet.output_blocks:
+        skip = hs.pop()
+        for c, m in zip(controls, masks):
+            skip = skip + c.pop() * (F.interpolate(m, h.shape[-2:], mode="bilinear",
+                                                   align_corners=False) > 0.5).float()
+        if extra:
+            skip = skip + extra.pop()
+        h = module(torch.cat([h, skip], 1), emb, text)
+    return unet.out(h)
