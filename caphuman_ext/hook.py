@@ -58,6 +58,7 @@ class UNetHook:
 
     # lifecycle -----------------------------------------------------------------------------------------------
     def __enter__(self) -> UNetHook:
+        self._unet_dtype = next(self.unet.parameters()).dtype
         try:
             self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
             self._handles.append(self.unet.register_forward_hook(self._after_unet))
@@ -114,6 +115,9 @@ class UNetHook:
         x, timesteps = self._latent_and_timesteps(args, kwargs)
         if x is None or timesteps is None:
             return
+        for control in active:  # CapFace follows the UNet's device and dtype
+            if control.capface.device != x.device or control.capface.dtype != self._unet_dtype:
+                control.capface.to(device=x.device, dtype=self._unet_dtype)
         indices = self._dedupe(x.shape[0], x.device)
         reps, inverse = indices if indices is not None else (None, None)
         x_rows = x if reps is None else x.index_select(0, reps)

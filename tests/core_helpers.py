@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.diffusionmodules.util import timestep_embedding
 from safetensors.torch import load_file
+from torchvision.transforms.functional import resize
 
 from caphuman_ext import CapFace, CapFaceConfig
 
@@ -21,20 +21,22 @@ TINY_CAPFACE = CapFaceConfig(model_channels=32, channel_mult=(1, 2, 2, 2), num_r
                              attention_levels=(0, 1, 2), context_dim=64)
 
 
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter random, zero-initialised convs included, so every path matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            scale = (1.0 / max(1, p[0].numel())) ** 0.5 if p.dim() > 1 else 0.05
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
 def tiny_unet(seed: int = 0, **overrides) -> UNetModel:
-    torch.manual_seed(seed)
-    return UNetModel(**{**TINY_UNET, **overrides}).eval()
+    return randomize(UNetModel(**{**TINY_UNET, **overrides}), seed)
 
 
 def random_capface(config: CapFaceConfig = TINY_CAPFACE, seed: int = 0) -> CapFace:
-    """A CapFace with every parameter random (zero convs included), so residuals matter."""
-    torch.manual_seed(seed)
-    model = CapFace(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * (0.5 / max(1, p[0].numel()) ** 0.5) if p.dim() > 1 else
-                    torch.randn_like(p) * 0.05)
-    return model.eval()
+    return randomize(CapFace(config), seed)
 
 
 def parity_unet(parity_dir: Path) -> UNetModel:
@@ -70,6 +72,8 @@ def reference_eps(unet: UNetModel, x, t, text, units, extra=None):
     """
     controls, masks = [], []
     for capface, hint, clip, face, strength, tau in units:
+        rows = x.shape[0]
+        hint, clip, face = (v.expand(rows, *v.shape[1:]) if v.shape[0] == 1 else v for v in (hint, clip, face))
         ctx = torch.cat([capface.img_linear(clip), capface.id_linear(face)], 1)
         if tau:
             ctx = ctx * (t <= tau).float()[:, None, None]
@@ -84,14 +88,13 @@ def reference_eps(unet: UNetModel, x, t, text, units, extra=None):
     h = unet.middle_block(h, emb, text)
     extra = list(extra) if extra is not None else None
     for c, m in zip(controls, masks):
-        h = h + c.pop() * (F.interpolate(m, h.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
+        h = h + c.pop() * (resize(m, list(h.shape[-2:]), antialias=False) > 0.5).float()
     if extra:
         h = h + extra.pop()
     for module in unet.output_blocks:
         skip = hs.pop()
         for c, m in zip(controls, masks):
-            skip = skip + c.pop() * (F.interpolate(m, h.shape[-2:], mode="bilinear",
-                                                   align_corners=False) > 0.5).float()
+            skip = skip + c.pop() * (resize(m, list(h.shape[-2:]), antialias=False) > 0.5).float()
         if extra:
             skip = skip + extra.pop()
         h = module(torch.cat([h, skip], 1), emb, text)
