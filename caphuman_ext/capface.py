@@ -6,6 +6,8 @@ Parameter names match the `control_model.*`, `id_linear.*` and `img_linear.*` en
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -84,6 +86,23 @@ class CapFace(nn.Module):
         self.img_linear = nn.Linear(config.clip_token_dim, config.context_dim)
         self.id_linear = nn.Linear(config.face_embedding_dim, config.context_dim)
 
+    def timestep_embedding(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """ldm's sinusoidal embedding (cos half, then sin half), with the frequency table computed on the CPU as ldm
+        does but copied to the device once, so a step makes no host-to-device copy (CUDA-graph safe)."""
+        dim = self.config.model_channels
+        half = dim // 2
+        key = (timesteps.device, dim)
+        freqs = self._freqs.get(key) if hasattr(self, "_freqs") else None
+        if freqs is None:
+            freqs = torch.exp(-math.log(10000) * torch.arange(start=0, end=half, dtype=torch.float32) / half)
+            freqs = freqs.to(timesteps.device)
+            self._freqs = {**getattr(self, "_freqs", {}), key: freqs}
+        args = timesteps[:, None].float() * freqs[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if dim % 2:
+            embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+        return embedding
+
     @property
     def num_residuals(self) -> int:
         return len(self.zero_convs) + 1
@@ -126,9 +145,7 @@ class CapFace(nn.Module):
     def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                   hint_features: torch.Tensor) -> list[torch.Tensor]:
         """The 13 residuals (input blocks, then middle) before strength and mask."""
-        openaimodel = _ldm()[0]
-        t_emb = openaimodel.timestep_embedding(timesteps, self.config.model_channels, repeat_only=False)
-        emb = self.time_embed(t_emb.to(self.dtype))
+        emb = self.time_embed(self.timestep_embedding(timesteps).to(self.dtype))
         context = context.to(self.dtype)
         h = x[:, : self.config.in_channels].to(self.dtype)
         outs = []

@@ -77,6 +77,21 @@ class CapFaceControl:
             cache = self._hint_cache = _HintCache(key, features, mask)
         return cache
 
+    def prepare(self, latent: torch.Tensor) -> None:
+        """Compute the per-hint tensors now (hint features, hard masks at every level of this latent size), so that
+        a CUDA graph capture only records per-step work."""
+        cache = self._hint_state(latent.device, self.capface.dtype)
+        height, width = latent.shape[-2:]
+        for _ in range(len(self.capface.config.channel_mult)):
+            cache.hard_mask((height, width))
+            height, width = (height + 1) // 2, (width + 1) // 2
+        self.context = self.context.to(latent.device)
+
+    def graph_key(self) -> tuple:
+        """What a captured CapFace pass of this control depends on besides shapes."""
+        return (id(self), id(self.capface), self.strength, self.drop_identity_above_t, self._hint_cache.key
+                if self._hint_cache else None, id(self.context), self.context._version)
+
     def hint_features(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(hint features, sigmoid head mask at latent size), cached per hint."""
         cache = self._hint_state(device, dtype)

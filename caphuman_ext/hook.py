@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .control import CapFaceControl
+from .graphs import GraphCache
 
 
 class IncompatibleUNetError(ValueError):
@@ -38,15 +39,23 @@ def _check_compatible(unet: nn.Module, controls: Sequence[CapFaceControl]) -> No
                 f"{blocks} blocks): load an SD1.x checkpoint (SDXL is not supported)")
 
 
+def _autocast_state() -> tuple:
+    if not torch.is_autocast_enabled():
+        return (False,)
+    get_dtype = getattr(torch, "get_autocast_dtype", None)
+    return (True, get_dtype("cuda") if get_dtype else torch.get_autocast_gpu_dtype())
+
+
 class UNetHook:
     """Context manager that keeps CapFace hooks on a UNet exactly while it is open.
 
     row_sources: optional, per UNet call: for each latent row, a key; rows sharing a key share one CapFace pass
     (they must have the same latent, timestep, hint and identity, as the webui's cond/uncond rows do).
+    cuda_graphs: on CUDA, capture the CapFace pass once per shape/layout and replay it each step.
     """
 
     def __init__(self, unet: nn.Module, controls: Sequence[CapFaceControl],
-                 row_sources: Sequence[int] | None = None) -> None:
+                 row_sources: Sequence[int] | None = None, cuda_graphs: bool = True) -> None:
         _check_compatible(unet, controls)
         self.unet = unet
         self.controls = list(controls)
@@ -55,9 +64,16 @@ class UNetHook:
         self._pending: list[torch.Tensor] | None = None
         self._index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._signature = inspect.signature(type(unet).forward)
+        self.graphs = GraphCache() if cuda_graphs else None
 
     # lifecycle -----------------------------------------------------------------------------------------------
     def __enter__(self) -> UNetHook:
+        return self.install()
+
+    def install(self) -> UNetHook:
+        """Register the hooks (what entering the context does)."""
+        if self._handles:
+            return self
         self._unet_dtype = next(self.unet.parameters()).dtype
         try:
             self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
@@ -74,13 +90,19 @@ class UNetHook:
                  tb: TracebackType | None) -> None:
         self.remove()
 
-    def remove(self) -> None:
-        """Remove every hook and drop cached tensors; safe to call twice."""
+    def detach(self) -> None:
+        """Remove every hook but keep cached tensors and graphs for a later `install()`."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._pending = None
+
+    def remove(self) -> None:
+        """Remove every hook and drop cached tensors and graphs; safe to call twice."""
+        self.detach()
         self._index_cache.clear()
+        if self.graphs is not None:
+            self.graphs.clear()
 
     @property
     def installed(self) -> bool:
@@ -120,15 +142,28 @@ class UNetHook:
                 control.capface.to(device=x.device, dtype=self._unet_dtype)
         indices = self._dedupe(x.shape[0], x.device)
         reps, inverse = indices if indices is not None else (None, None)
-        x_rows = x if reps is None else x.index_select(0, reps)
-        t_rows = timesteps if reps is None else timesteps.index_select(0, reps)
-        with torch.no_grad():
+
+        def compute(x: torch.Tensor, timesteps: torch.Tensor) -> list[torch.Tensor]:
+            x_rows = x if reps is None else x.index_select(0, reps)
+            t_rows = timesteps if reps is None else timesteps.index_select(0, reps)
             total: list[torch.Tensor] | None = None
             for control in active:
                 outs = control.residuals(x_rows, t_rows, reps)
                 total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
             if inverse is not None:
                 total = [r.index_select(0, inverse) for r in total]
+            return total
+
+        with torch.no_grad():
+            if self.graphs is None:
+                total = compute(x, timesteps)
+            else:
+                for control in active:
+                    control.prepare(x)  # per-hint work stays outside the graph
+                key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
+                       None if reps is None else tuple(self.row_sources),
+                       tuple(control.graph_key() for control in active))
+                total = self.graphs.run(key, compute, x, timesteps)
         self._pending = total
 
     def _after_unet(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
