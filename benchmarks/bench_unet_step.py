@@ -3,8 +3,10 @@
 Variants, timed interleaved (A B C ... A B C ...), medians:
   bare      the UNet alone
   reference CapFace the reference way: every CFG row, identity projections, hint encoder and mask resizes each step
-  eager     our hook without CUDA graphs (rows shared between cond and uncond, per-hint work cached)
-  shipped   our hook as shipped (eager + CapFace pass replayed as a CUDA graph)
+  eager     our hook without CUDA graphs or stream overlap (rows shared between cond and uncond, per-hint work
+            cached)
+  graph     + the CapFace pass replayed as a CUDA graph
+  shipped   + that pass on a side stream, overlapping the UNet's input blocks (our hook as shipped)
   two       two units, as shipped
 Eager wall time is what the webui feels; GPU time is the same step replayed as one CUDA graph (CUDA events).
 
@@ -33,7 +35,8 @@ DTYPE = torch.float16
 class Step:
     """One sampling step of one variant: a callable plus what it needs."""
 
-    def __init__(self, name, unet, units, batch, latent, row_sharing=True, graphs=True, reference=False):
+    def __init__(self, name, unet, units, batch, latent, row_sharing=True, graphs=True, reference=False,
+                 overlap=True):
         self.name, self.unet, self.batch, self.reference = name, unet, batch, reference
         rows = 2 * batch
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -44,8 +47,8 @@ class Step:
         self.controls = [caphuman_ext.CapFaceControl(c, hint=h, context=c.identity_context(clip, face))
                          for c, h, clip, face in units]
         sources = list(range(batch)) * 2 if row_sharing else None
-        self.hook = caphuman_ext.hook_unet(unet, self.controls, row_sources=sources, cuda_graphs=graphs) \
-            if units else None
+        self.hook = caphuman_ext.hook_unet(unet, self.controls, row_sources=sources, cuda_graphs=graphs,
+                                           overlap=overlap) if units else None
 
     def __call__(self):
         if self.reference:  # recompute everything per step, on every row
@@ -127,8 +130,10 @@ def bench(size: int, batch: int, iters: int, unet, capfaces) -> dict:
     one, two = unit(capfaces[0]), unit(capfaces[1])
     steps = [
         Step("bare", unet, [], batch, latent),
-        Step("reference", unet, [one], batch, latent, row_sharing=False, graphs=False, reference=True),
-        Step("eager", unet, [one], batch, latent, graphs=False),
+        Step("reference", unet, [one], batch, latent, row_sharing=False, graphs=False, reference=True,
+             overlap=False),
+        Step("eager", unet, [one], batch, latent, graphs=False, overlap=False),
+        Step("graph", unet, [one], batch, latent, overlap=False),
         Step("shipped", unet, [one], batch, latent),
         Step("two", unet, [one, two], batch, latent),
     ]
@@ -151,7 +156,7 @@ def bench(size: int, batch: int, iters: int, unet, capfaces) -> dict:
     for name in eager:
         row[name] = {"eager_ms": statistics.median(eager[name]), "gpu_ms": statistics.median(gpu[name]),
                      "kernels": kernels[name]}
-    for name in ("reference", "eager", "shipped", "two"):
+    for name in ("reference", "eager", "graph", "shipped", "two"):
         for kind in ("eager_ms", "gpu_ms"):
             row[name][f"{kind}_overhead"] = row[name][kind] / row["bare"][kind] - 1
     return row
@@ -178,18 +183,47 @@ def check_equal(unet, capface, size: int = 512) -> float:
     return (outs[0] - outs[1]).abs().max().item()
 
 
+def vram(unet, capface, size: int = 512, batch: int = 1) -> dict:
+    """Resident bytes of a CapFace and the extra peak of a step with one unit over a bare step."""
+    latent = size // 8
+    resident = sum(p.numel() * p.element_size() for p in capface.parameters())
+    hint = torch.rand(1, 9, size, size, device="cuda", dtype=DTYPE)
+    ctx = capface.identity_context(torch.randn(1, 257, 1024, device="cuda", dtype=DTYPE),
+                                   torch.randn(1, 1, 512, device="cuda", dtype=DTYPE))
+    x = torch.randn(2 * batch, 4, latent, latent, device="cuda", dtype=DTYPE)
+    t = torch.full((2 * batch,), 500.0, device="cuda", dtype=DTYPE)
+    text = torch.randn(2 * batch, 77, 768, device="cuda", dtype=DTYPE)
+    peaks = {}
+    for name in ("bare", "unit"):
+        control = caphuman_ext.CapFaceControl(capface, hint=hint, context=ctx)
+        control.active = name == "unit"
+        with torch.no_grad(), torch.autocast("cuda", dtype=DTYPE), \
+                caphuman_ext.hook_unet(unet, [control], row_sources=list(range(batch)) * 2):
+            unet(x, t, context=text)
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            for _ in range(3):
+                unet(x, t, context=text)
+            torch.cuda.synchronize()
+            peaks[name] = torch.cuda.max_memory_allocated() - base
+    return {"capface_resident_gb": resident / 2**30, "extra_peak_gb": (peaks["unit"] - peaks["bare"]) / 2**30}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--sizes", default="512,768")
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--json")
+    parser.add_argument("--plot", help="write a PNG of step time vs resolution")
     args = parser.parse_args()
     patch_ldm_like_webui()
     unet = sd15_unet("cuda", DTYPE)
     capfaces = [sd15_capface("cuda", DTYPE, seed=1), sd15_capface("cuda", DTYPE, seed=2)]
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"), "graph_vs_eager_max_abs_eps": check_equal(unet, capfaces[0])}
+    info["vram_512_b1"] = vram(unet, capfaces[0])
     print(info)
     rows = []
     print(f"{'size':>5} {'batch':>5} | {'variant':>9} | {'eager ms':>9} {'ovh':>6} | {'GPU ms':>8} {'ovh':>6} | kernels")
@@ -197,12 +231,37 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             row = bench(size, batch, args.iters, unet, capfaces)
             rows.append(row)
-            for name in ("bare", "reference", "eager", "shipped", "two"):
+            for name in ("bare", "reference", "eager", "graph", "shipped", "two"):
                 r = row[name]
                 print(f"{size:>5} {batch:>5} | {name:>9} | {r['eager_ms']:9.2f} {r.get('eager_ms_overhead', 0):6.2f} | "
                       f"{r['gpu_ms']:8.2f} {r.get('gpu_ms_overhead', 0):6.2f} | {r['kernels']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    if args.plot:
+        plot(rows, args.plot, info)
+
+
+def plot(rows: list[dict], path: str, info: dict) -> None:
+    """Eager step time vs resolution, one line per variant and batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, kind in zip(axes, ("eager_ms", "gpu_ms")):
+        for batch in sorted({r["batch"] for r in rows}):
+            sel = [r for r in rows if r["batch"] == batch]
+            for name, style in (("bare", "k-"), ("reference", "r--"), ("shipped", "g-"), ("two", "b:")):
+                ax.plot([r["size"] for r in sel], [r[name][kind] for r in sel], style,
+                        marker="o" if batch == 1 else "s", label=f"{name} b{batch}")
+        ax.set_xlabel("resolution (px, square)")
+        ax.set_ylabel(f"{'eager wall' if kind == 'eager_ms' else 'GPU'} ms per step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"CapHuman step time, {info['gpu']}, torch {info['torch']}, fp16 CFG")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -52,10 +52,12 @@ class UNetHook:
     row_sources: optional, per UNet call: for each latent row, a key; rows sharing a key share one CapFace pass
     (they must have the same latent, timestep, hint and identity, as the webui's cond/uncond rows do).
     cuda_graphs: on CUDA, capture the CapFace pass once per shape/layout and replay it each step.
+    overlap: on CUDA, run the CapFace pass on a side stream, concurrently with the UNet's input blocks (its
+    residuals are first needed after the middle block).
     """
 
     def __init__(self, unet: nn.Module, controls: Sequence[CapFaceControl],
-                 row_sources: Sequence[int] | None = None, cuda_graphs: bool = True) -> None:
+                 row_sources: Sequence[int] | None = None, cuda_graphs: bool = True, overlap: bool = True) -> None:
         _check_compatible(unet, controls)
         self.unet = unet
         self.controls = list(controls)
@@ -65,6 +67,9 @@ class UNetHook:
         self._index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._signature = inspect.signature(type(unet).forward)
         self.graphs = GraphCache() if cuda_graphs else None
+        self.overlap = overlap
+        self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._ready: tuple[torch.cuda.Event, torch.device] | None = None
 
     # lifecycle -----------------------------------------------------------------------------------------------
     def __enter__(self) -> UNetHook:
@@ -155,29 +160,58 @@ class UNetHook:
             return total
 
         with torch.no_grad():
-            if self.graphs is None:
-                total = compute(x, timesteps)
-            else:
+            if self.graphs is not None:
                 for control in active:
                     control.prepare(x)  # per-hint work stays outside the graph
-                key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
-                       None if reps is None else tuple(self.row_sources),
-                       tuple(control.graph_key() for control in active))
-                total = self.graphs.run(key, compute, x, timesteps)
+            key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
+                   None if reps is None else tuple(self.row_sources),
+                   tuple(control.graph_key() for control in active))
+
+            def run() -> list[torch.Tensor]:
+                if self.graphs is None:
+                    return compute(x, timesteps)
+                return self.graphs.run(key, compute, x, timesteps)
+
+            if not (self.overlap and x.is_cuda):
+                total = run()
+            else:
+                main = torch.cuda.current_stream(x.device)
+                side = self._side_streams.get(x.device)
+                if side is None:
+                    side = self._side_streams[x.device] = torch.cuda.Stream(device=x.device)
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    total = run()
+                for tensor in (x, timesteps):
+                    tensor.record_stream(side)  # read on the side stream while the UNet goes on
+                for tensor in total:
+                    tensor.record_stream(main)  # made on the side stream, read by the UNet's blocks
+                self._ready = (torch.cuda.Event(), x.device)
+                self._ready[0].record(side)
         self._pending = total
 
     def _after_unet(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._pending = None
+        self._ready = None
+
+    def _residuals_ready(self) -> None:
+        """Make the UNet's stream wait for the side-stream CapFace pass (GPU-side, no host sync)."""
+        if self._ready is not None:
+            event, device = self._ready
+            torch.cuda.current_stream(device).wait_event(event)
+            self._ready = None
 
     def _after_middle(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if self._pending is None:
             return None
+        self._residuals_ready()
         return output + self._pending[-1].to(output.dtype)
 
     def _skip_adder(self, index: int):
         def add_to_skip(module: nn.Module, args: tuple) -> tuple | None:
             if self._pending is None:
                 return None
+            self._residuals_ready()
             h = args[0]
             residual = self._pending[len(self._pending) - 2 - index]
             channels = residual.shape[1]
@@ -193,7 +227,7 @@ class UNetHook:
         return add_to_skip
 
 
-def hook_unet(unet: nn.Module, controls: Sequence[CapFaceControl],
-              row_sources: Sequence[int] | None = None) -> UNetHook:
+def hook_unet(unet: nn.Module, controls: Sequence[CapFaceControl], row_sources: Sequence[int] | None = None,
+              cuda_graphs: bool = True, overlap: bool = True) -> UNetHook:
     """`with hook_unet(unet, controls): ...` — CapFace residuals are added to every UNet call inside the block."""
-    return UNetHook(unet, controls, row_sources)
+    return UNetHook(unet, controls, row_sources, cuda_graphs, overlap)
