@@ -173,11 +173,13 @@ def test_inpainting_unet_feeds_first_four_channels(capfaces):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="ldm's GroupNorm32 needs CUDA autocast for half weights")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_follows_the_unet(unet, capfaces, dtype):
-    unet = unet.cuda()
+    import copy
+
+    unet = copy.deepcopy(unet).cuda()
+    capfaces = [copy.deepcopy(c) for c in capfaces]
     x, t, text = inputs(2)
     hint, clip, face = identity(1)
     units = [(capfaces[0], hint, clip, face, 1.0, 0)]
-    import copy
 
     full = hooked_eps(unet, units, x.cuda(), t.cuda(), text.cuda()).cpu()
     half_unet = copy.deepcopy(unet).to(dtype)
