@@ -1,0 +1,189 @@
+"""One call from reference photo(s) to CapHuman's identity features, with lazy models and a content-keyed cache."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import weights
+from .clip_vision import build_clip_vision, clip_pixel_values, clip_tokens
+from .face_parsing import load_parsing_model, paint_face_only, parse_face
+from .facenet import (
+    FaceDetection,
+    detect_faces,
+    face_crop,
+    face_embedding,
+    load_face_detector,
+    load_facenet,
+    pick_face,
+    whole_image_crop,
+)
+from .image_io import load_image
+
+EXTENSION_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@dataclass
+class IdentityModelPaths:
+    """Where the identity models come from.
+
+    clip_vision: a state dict keyed `vision_model.*`, or a file read with `caphuman_ext.read_clip_vision_state_dict`
+    (caphuman.ckpt or the converter's output). face_parsing / facenet: explicit files, else searched in `folders`
+    and downloaded into the first one on first use when `allow_download`.
+    """
+
+    clip_vision: Mapping[str, torch.Tensor] | str | Path | None = None
+    face_parsing: str | Path | None = None
+    facenet: str | Path | None = None
+    folders: list[Path] = field(default_factory=lambda: [EXTENSION_MODELS])
+    allow_download: bool = True
+
+
+@dataclass
+class Identity:
+    """What CapFace's `identity_context` needs, plus what a preview shows."""
+
+    clip_tokens: torch.Tensor  # (1, 257, 1024) CLIP ViT-L/14 last_hidden_state of the face-only image
+    face_embedding: torch.Tensor  # (1, 1, 512) L2-normalised FaceNet embedding
+    face_only: Image.Image  # the photo with background/hair/ears/neck/clothes painted white
+    parsing: np.ndarray  # (H, W) BiSeNet labels
+    face_box: tuple[float, float, float, float] | None  # the face used, None for the whole-image fallback
+    faces: list[FaceDetection]  # every face found in that photo, largest first
+    photos: int = 1  # how many photos were combined
+
+
+def sharpness(image: Image.Image, box: tuple[float, float, float, float] | None) -> float:
+    """Variance of the Laplacian over the face box: the CLIP tokens of several photos come from the sharpest."""
+    import cv2
+
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        gray = gray[max(0, y0): max(y0 + 1, y1), max(0, x0): max(x0 + 1, x1)]
+    return float(cv2.Laplacian(gray, cv2.CV_32F).var()) if gray.size else 0.0
+
+
+def content_key(image: Image.Image, *options) -> str:
+    digest = hashlib.sha256(np.asarray(image).tobytes())
+    digest.update(repr((image.size, options)).encode())
+    return digest.hexdigest()
+
+
+class IdentityEncoder:
+    """Photos -> `Identity`. Models load on first use; `offload=True` moves them to the CPU after each call."""
+
+    def __init__(self, paths: IdentityModelPaths | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, offload: bool = False, cache_size: int = 16) -> None:
+        self.paths = paths or IdentityModelPaths()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.offload_after_use = offload
+        self.cache: OrderedDict[str, Identity] = OrderedDict()
+        self.cache_size = cache_size
+        self._parser = self._detector = self._facenet = self._clip = None
+
+    # models ------------------------------------------------------------------------------------------------
+    def _file(self, explicit, model: weights.ModelFile) -> Path:
+        if explicit is not None:
+            path = Path(explicit)
+            if not path.is_file():
+                raise weights.ModelFileMissingError(f"{path} not found ({model.about}; download: {model.url})")
+            return path
+        return weights.ensure(model, [Path(f) for f in self.paths.folders], self.paths.allow_download)
+
+    def _clip_state(self) -> Mapping[str, torch.Tensor]:
+        source = self.paths.clip_vision
+        if source is None:
+            raise weights.ModelFileMissingError(
+                "no CLIP ViT-L/14 vision weights: CapHuman keeps them inside caphuman.ckpt "
+                "(control_cond_stage_model.transformer.*); select that file or its converted .safetensors")
+        if isinstance(source, Mapping):
+            return source
+        from caphuman_ext import read_clip_vision_state_dict
+
+        state = read_clip_vision_state_dict(source)
+        if state is None:
+            raise weights.ModelFileMissingError(f"{source} holds no CLIP vision tower (control_cond_stage_model."
+                                                "transformer.* or clip_vision.*)")
+        return state
+
+    def _models(self):
+        if self._parser is None:
+            self._parser = load_parsing_model(self._file(self.paths.face_parsing, weights.FACE_PARSING))
+        if self._facenet is None:
+            self._facenet = load_facenet(self._file(self.paths.facenet, weights.FACENET_VGGFACE2))
+        if self._detector is None:
+            self._detector = load_face_detector(self.device)
+        if self._clip is None:
+            self._clip = build_clip_vision(self._clip_state())
+        for model in (self._parser, self._facenet):
+            model.to(self.device)
+        self._clip.to(self.device, self.dtype)
+        return self._parser, self._detector, self._facenet, self._clip
+
+    def offload(self) -> None:
+        """Move the models to the CPU (their weights stay loaded)."""
+        for model in (self._parser, self._facenet, self._clip):
+            if model is not None:
+                model.to("cpu")
+
+    def unload(self) -> None:
+        """Forget the models (and the cache)."""
+        self._parser = self._detector = self._facenet = self._clip = None
+        self.cache.clear()
+
+    # encoding ----------------------------------------------------------------------------------------------
+    def _encode_one(self, image: Image.Image, face_index: int, allow_whole_image: bool) -> Identity:
+        parser, detector, facenet, clip = self._models()
+        labels = parse_face(parser, image)
+        face_only = paint_face_only(image, labels)
+        tokens = clip_tokens(clip, clip_pixel_values(face_only)).float().cpu()
+        faces = detect_faces(detector, image)
+        if faces or not allow_whole_image:
+            face = pick_face(faces, face_index)
+            crop, box = face_crop(image, face), face.box
+        else:
+            crop, box = whole_image_crop(image), None
+        embedding = face_embedding(facenet, crop).float().cpu()
+        return Identity(tokens, embedding, face_only, labels, box, faces)
+
+    def encode(self, photos, face_index: int = 0, allow_whole_image: bool = False) -> Identity:
+        """Identity of one photo, or of several photos of the same person (FaceNet embeddings averaged and
+        re-normalised; CLIP tokens, face-only image and parsing of the sharpest photo's face).
+
+        face_index: which face, largest first. allow_whole_image: when no face is found, use the whole photo as
+        the reference implementation silently does (otherwise NoFaceError).
+        """
+        items = photos if isinstance(photos, Sequence) and not isinstance(photos, (str, bytes)) else [photos]
+        images = [load_image(item) for item in items]
+        results = []
+        try:
+            for image in images:
+                key = content_key(image, face_index, allow_whole_image)
+                if key in self.cache:
+                    self.cache.move_to_end(key)
+                    results.append(self.cache[key])
+                    continue
+                identity = self._encode_one(image, face_index, allow_whole_image)
+                self.cache[key] = identity
+                while len(self.cache) > self.cache_size:
+                    self.cache.popitem(last=False)
+                results.append(identity)
+        finally:
+            if self.offload_after_use:
+                self.offload()
+        if len(results) == 1:
+            return results[0]
+        scores = [sharpness(img, r.face_box) for img, r in zip(images, results)]
+        best = results[int(np.argmax(scores))]
+        mean = torch.stack([r.face_embedding for r in results]).mean(0)
+        mean = torch.nn.functional.normalize(mean, dim=-1)
+        return Identity(best.clip_tokens, mean, best.face_only, best.parsing, best.face_box, best.faces,
+                        photos=len(results))

@@ -1,0 +1,87 @@
+"""FaceNet identity embedding: facenet-pytorch MTCNN crop (160 px, margin 0, standardised) + InceptionResnetV1
+(vggface2), as CapHuman's `get_id_feat`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import NoFaceError
+
+CROP_SIZE = 160
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    """One detected face: box (x0, y0, x1, y1) in photo pixels and MTCNN's probability."""
+
+    box: tuple[float, float, float, float]
+    probability: float
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) * (y1 - y0)
+
+
+def load_face_detector(device: torch.device | str = "cpu"):
+    """facenet-pytorch MTCNN with the reference's settings; its weights ship inside the facenet-pytorch wheel."""
+    from facenet_pytorch import MTCNN
+
+    return MTCNN(image_size=CROP_SIZE, margin=0, post_process=True, select_largest=True, keep_all=False,
+                 device=device)
+
+
+def load_facenet(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """InceptionResnetV1 (classify=False) with the vggface2 weights `20180402-114759-vggface2.pt`."""
+    from facenet_pytorch import InceptionResnetV1
+
+    model = InceptionResnetV1(pretrained=None, classify=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")}, strict=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def detect_faces(detector, image: Image.Image) -> list[FaceDetection]:
+    """Every face MTCNN finds, largest first (the reference keeps the largest)."""
+    boxes, probs = detector.detect(image)
+    if boxes is None:
+        return []
+    faces = [FaceDetection(tuple(float(v) for v in box), float(p)) for box, p in zip(boxes, probs)]
+    return sorted(faces, key=lambda f: f.area, reverse=True)
+
+
+def face_crop(image: Image.Image, face: FaceDetection) -> torch.Tensor:
+    """(3, 160, 160) standardised ((x - 127.5) / 128) crop of `face`, as `MTCNN.__call__` returns it."""
+    from facenet_pytorch.models.mtcnn import fixed_image_standardization
+    from facenet_pytorch.models.utils.detect_face import extract_face
+
+    return fixed_image_standardization(extract_face(image, np.array(face.box), CROP_SIZE, 0))
+
+
+def whole_image_crop(image: Image.Image) -> torch.Tensor:
+    """The reference's silent fallback when no face is found: the whole photo resized to 160², in [0, 1]."""
+    resized = image.resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def pick_face(faces: list[FaceDetection], index: int = 0) -> FaceDetection:
+    """Face `index` in order of size (0 = largest), or NoFaceError."""
+    if not faces:
+        raise NoFaceError("no face was found in the reference photo: use a photo where the face is clearly "
+                          "visible (frontal, not too small), or allow the whole-image fallback")
+    if not 0 <= index < len(faces):
+        raise NoFaceError(f"face {index + 1} was asked for but the photo has {len(faces)} face(s)")
+    return faces[index]
+
+
+def face_embedding(model: torch.nn.Module, crop: torch.Tensor) -> torch.Tensor:
+    """L2-normalised 512-d embedding shaped (1, 1, 512), as CapHuman feeds `id_linear`."""
+    parameter = next(model.parameters())
+    with torch.no_grad():
+        embedding = model(crop[None].to(parameter.device, parameter.dtype))
+    return embedding[:, None, :]
