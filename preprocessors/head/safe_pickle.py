@@ -54,6 +54,11 @@ _SPARSE = {"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "
 
 class _FlameUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        import _compat_pickle
+
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names (the real FLAME pickle is Python 2)
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _NUMPY:
             return getattr(__import__(module, fromlist=[name]), name)
         if module.startswith("numpy") and name.endswith("Dtype"):  # numpy 2 dtype classes (numpy.dtypes.Float64DType)
