@@ -219,3 +219,32 @@ def test_clip_tower_loads_with_or_without_the_vision_model_prefix():
     a = ident.clip_tokens(ident.build_clip_vision(state), pixels)
     b = ident.clip_tokens(ident.build_clip_vision(prefixed), pixels)
     assert a.shape == (1, 257, 64) and torch.equal(a, b)
+
+
+def test_tiny_photo_is_no_face_not_a_crash(encoder):
+    with pytest.raises(ident.NoFaceError):
+        encoder.encode(Image.new("RGB", (12, 30), (200, 150, 120)))
+    assert encoder.encode(Image.new("RGB", (12, 30)), allow_whole_image=True).face_box is None
+
+
+def test_dark_sixteen_bit_png_stays_dark(tmp_path):
+    path = tmp_path / "dark.png"
+    Image.fromarray(np.full((32, 32), 127, dtype=np.uint16)).save(path)
+    assert np.asarray(ident.load_image(path)).max() <= 1
+
+
+def test_sharpness_does_not_favour_low_resolution(photo):
+    from preprocessors.identity.encoder import sharpness
+
+    box = (181.0, 62.0, 268.0, 172.0)
+    half = photo.resize((256, 256), Image.BICUBIC)
+    assert sharpness(photo, box) > sharpness(half, tuple(v / 2 for v in box))
+
+
+def test_cache_depends_on_the_models(synthetic, photo):
+    paths = ident.IdentityModelPaths(clip_vision=tiny_clip_state(0), folders=[synthetic], allow_download=False)
+    encoder = ident.IdentityEncoder(paths)
+    first = encoder.encode(photo)
+    encoder.paths.clip_vision, encoder._clip = tiny_clip_state(5), None
+    second = encoder.encode(photo)
+    assert not torch.equal(first.clip_tokens, second.clip_tokens)

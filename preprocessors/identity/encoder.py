@@ -63,11 +63,12 @@ def sharpness(image: Image.Image, box: tuple[float, float, float, float] | None)
     """Variance of the Laplacian over the face box: the CLIP tokens of several photos come from the sharpest."""
     import cv2
 
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    face = image.convert("L")
     if box is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        gray = gray[max(0, y0): max(y0 + 1, y1), max(0, x0): max(x0 + 1, x1)]
-    return float(cv2.Laplacian(gray, cv2.CV_32F).var()) if gray.size else 0.0
+        face = face.crop((max(0, x0), max(0, y0), max(x0 + 1, x1), max(y0 + 1, y1)))
+    gray = np.asarray(face.resize((224, 224), Image.BICUBIC), dtype=np.float32)  # same scale for every photo
+    return float(cv2.Laplacian(gray, cv2.CV_32F).var())
 
 
 def content_key(image: Image.Image, *options) -> str:
@@ -121,6 +122,8 @@ class IdentityEncoder:
             self._facenet = load_facenet(self._file(self.paths.facenet, weights.FACENET_VGGFACE2))
         if self._detector is None:
             self._detector = load_face_detector(self.device)
+        self._detector.to(self.device)
+        self._detector.device = self.device
         if self._clip is None:
             self._clip = build_clip_vision(self._clip_state())
         for model in (self._parser, self._facenet):
@@ -130,14 +133,22 @@ class IdentityEncoder:
 
     def offload(self) -> None:
         """Move the models to the CPU (their weights stay loaded)."""
-        for model in (self._parser, self._facenet, self._clip):
+        for model in (self._parser, self._facenet, self._clip, self._detector):
             if model is not None:
                 model.to("cpu")
+        if self._detector is not None:
+            self._detector.device = torch.device("cpu")
 
     def unload(self) -> None:
         """Forget the models (and the cache)."""
         self._parser = self._detector = self._facenet = self._clip = None
         self.cache.clear()
+
+    def _fingerprint(self) -> tuple:
+        """What the cached results depend on besides the photo: the model sources and the precision."""
+        paths = self.paths
+        clip = id(paths.clip_vision) if isinstance(paths.clip_vision, Mapping) else str(paths.clip_vision)
+        return (clip, str(paths.face_parsing), str(paths.facenet), tuple(map(str, paths.folders)), str(self.dtype))
 
     # encoding ----------------------------------------------------------------------------------------------
     def _encode_one(self, image: Image.Image, face_index: int, allow_whole_image: bool) -> Identity:
@@ -166,7 +177,7 @@ class IdentityEncoder:
         results = []
         try:
             for image in images:
-                key = content_key(image, face_index, allow_whole_image)
+                key = content_key(image, face_index, allow_whole_image, self._fingerprint())
                 if key in self.cache:
                     self.cache.move_to_end(key)
                     results.append(self.cache[key])

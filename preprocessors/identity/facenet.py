@@ -48,6 +48,8 @@ def load_facenet(path: str | Path, device: torch.device | str = "cpu") -> torch.
 
 def detect_faces(detector, image: Image.Image) -> list[FaceDetection]:
     """Every face MTCNN finds, largest first (the reference keeps the largest)."""
+    if min(image.size) < getattr(detector, "min_face_size", 20):
+        return []  # MTCNN's image pyramid is empty for photos smaller than its smallest face
     boxes, probs = detector.detect(image)
     if boxes is None:
         return []

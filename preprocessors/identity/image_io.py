@@ -33,7 +33,7 @@ def _from_array(array: np.ndarray) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image).astype(np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).round().astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
