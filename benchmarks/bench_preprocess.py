@@ -1,0 +1,196 @@
+"""Preprocessing latency: head fit + render (crop, E_flame, FLAME, texture, rasterize) and the identity encoder
+(parsing, CLIP ViT-L/14, FaceNet), cold and with the caches warm. Random weights at the real sizes.
+
+    python benchmarks/bench_preprocess.py [--device cuda] [--iters 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def timed(fn, device: str, iters: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def flame_sized_assets(seed: int = 0):
+    """A FLAME-sized head (≈5k vertices, ≈10k faces, 5 joints, 400 shape / 36 pose bases) and a 50-component
+    512² texture space, in memory."""
+    from preprocessors.head.mesh import HeadTemplate
+
+    rs = np.random.RandomState(seed)
+    n_lat, n_lon = 58, 86
+    lat = np.linspace(0.08 * np.pi, 0.92 * np.pi, n_lat)
+    lon = np.linspace(0, 2 * np.pi, n_lon + 1)
+    la, lo = np.meshgrid(lat, lon, indexing="ij")
+    v = np.stack([0.075 * np.sin(la) * np.cos(lo), 0.10 * np.cos(la), 0.09 * np.sin(la) * np.sin(lo)], -1)
+    v = v.reshape(-1, 3)
+    uv = np.stack([lo / (2 * np.pi), 1 - la / np.pi], -1).reshape(-1, 2)
+    faces = []
+    for i in range(n_lat - 1):
+        for j in range(n_lon):
+            a, b = i * (n_lon + 1) + j, i * (n_lon + 1) + j + 1
+            c, d = a + n_lon + 1, b + n_lon + 1
+            faces += [[a, c, b], [b, c, d]]
+    faces = np.array(faces)
+    count = v.shape[0]
+    model = {"v_template": v, "shapedirs": rs.randn(count, 3, 400) * 1e-3, "posedirs": rs.randn(count, 3, 36) * 1e-3,
+             "J_regressor": np.full((5, count), 1.0 / count), "weights": np.full((count, 5), 0.2),
+             "kintree_table": np.array([[-1, 0, 1, 1, 1], [0, 1, 2, 3, 4]]), "f": faces}
+    front = np.arange(0, len(faces), 2)
+    landmarks = {"static_lmk_faces_idx": rs.choice(front, 51), "static_lmk_bary_coords": np.full((51, 3), 1 / 3),
+                 "dynamic_lmk_faces_idx": torch.from_numpy(rs.choice(front, (79, 17))),
+                 "dynamic_lmk_bary_coords": torch.full((79, 17, 3), 1 / 3),
+                 "full_lmk_faces_idx": rs.choice(front, (1, 68)), "full_lmk_bary_coords": np.full((1, 68, 3), 1 / 3)}
+    template = HeadTemplate(torch.from_numpy(faces).long(), torch.from_numpy(uv).float(),
+                            torch.from_numpy(faces).long())
+    mean = rs.rand(1, 512 * 512 * 3).astype(np.float32) * 255
+    basis = rs.randn(512 * 512 * 3, 50).astype(np.float32)
+    return model, landmarks, template, mean, basis
+
+
+def bench_head(device: str, iters: int) -> dict:
+    from preprocessors.head.codes import mix_codes
+    from preprocessors.head.crop import crop_face
+    from preprocessors.head.decode import decode
+    from preprocessors.head.encoder import DecaEncoder
+    from preprocessors.head.flame import Flame
+    from preprocessors.head.projection import inverse_tform
+    from preprocessors.head.renderer import HeadRenderer
+    from preprocessors.head.texture import FlameTexture
+
+    model, landmarks, template, mean, basis = flame_sized_assets()
+    flame = Flame(model, landmarks).to(device)
+    texture = FlameTexture(mean, basis).to(device)
+    renderer = HeadRenderer(template).to(device)
+    encoder = DecaEncoder().to(device).eval()
+    photo = (np.random.RandomState(1).rand(512, 512, 3) * 255).astype(np.uint8)
+    region = (180.0, np.array([256.0, 260.0]))
+    result = {"vertices": int(flame.v_template.shape[0]), "faces": int(flame.faces.shape[0])}
+    crop = crop_face(photo, region)
+    result["crop_ms_cpu"] = timed(lambda: crop_face(photo, region), "cpu", iters)
+    images = crop.image[None].to(device)
+
+    def encode():
+        with torch.no_grad():
+            codes = encoder.encode(images)
+        codes["tform"] = inverse_tform(crop.tform).to(device)
+        return codes
+
+    result["encode_ms"] = timed(encode, device, iters)
+    codes = encode()
+    # random encoder weights give meaningless codes; use plausible ones (as DECA's outputs are) for the mesh
+    g = torch.Generator().manual_seed(0)
+    plausible = {"shape": 0.5 * torch.randn(1, 100, generator=g), "exp": 0.3 * torch.randn(1, 50, generator=g),
+                 "pose": torch.tensor([[0.12, 0.25, 0.05, 0.08, 0.0, 0.0]]), "cam": torch.tensor([[8.5, 0.01, 0.02]]),
+                 "tex": 0.3 * torch.randn(1, 50, generator=g),
+                 "light": torch.cat([torch.full((1, 1, 3), 3.0), 0.3 * torch.randn(1, 8, 3, generator=g)], 1)}
+    codes.update({k: v.to(device) for k, v in plausible.items()})
+    code = mix_codes(codes, codes, "position,pose")
+    with torch.no_grad():
+        base = decode(code, flame, texture, renderer, 512, 512)  # the photo's frame
+    result["flame_texture_project_ms"] = timed(lambda: decode(code, flame, texture, renderer, 64, 64), device,
+                                               iters)
+    for size in (512, 1024):
+        def render(size=size):
+            with torch.no_grad():
+                return renderer(base.vertices, base.projected, texture(code["tex"]), code["light"], size, size)
+
+        maps = render()
+        result[f"coverage_{size}"] = float(maps.alpha.mean())
+        result[f"render_ms_{size}"] = timed(render, device, iters)
+        result[f"total_cold_ms_{size}"] = (result["crop_ms_cpu"] + result["encode_ms"]
+                                           + result["flame_texture_project_ms"] + result[f"render_ms_{size}"])
+        result[f"warm_rerender_ms_{size}"] = result["flame_texture_project_ms"] + result[f"render_ms_{size}"]
+    return result
+
+
+def bench_identity(device: str, iters: int) -> dict:
+    from PIL import Image
+
+    result = {}
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    try:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        from preprocessors.identity.clip_vision import clip_pixel_values, clip_tokens
+
+        config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=224, patch_size=14, hidden_act="quick_gelu")
+        clip = CLIPVisionModel(config).to(device, dtype).eval()
+        image = Image.fromarray((np.random.RandomState(2).rand(512, 512, 3) * 255).astype(np.uint8))
+        result["clip_preprocess_ms_cpu"] = timed(lambda: clip_pixel_values(image), "cpu", iters)
+        pixels = clip_pixel_values(image)
+        result["clip_vitl14_ms"] = timed(lambda: clip_tokens(clip, pixels), device, iters)
+        result["clip_resident_gb"] = sum(p.numel() * p.element_size() for p in clip.parameters()) / 2**30
+        clip = None  # free it before the next models
+    except Exception as error:  # noqa: BLE001 - report what could not run
+        result["clip_error"] = f"{type(error).__name__}: {error}"
+    try:
+        from facexlib.parsing.bisenet import BiSeNet
+
+        from preprocessors.identity.face_parsing import parse_face
+
+        parser = BiSeNet(num_class=19).to(device).eval()
+        image = Image.fromarray((np.random.RandomState(3).rand(512, 512, 3) * 255).astype(np.uint8))
+        result["parse_512_ms"] = timed(lambda: parse_face(parser, image), device, iters)
+    except Exception as error:  # noqa: BLE001
+        result["parse_error"] = f"{type(error).__name__}: {error}"
+    try:
+        from facenet_pytorch import MTCNN, InceptionResnetV1
+
+        from preprocessors.identity.facenet import face_embedding
+
+        facenet = InceptionResnetV1(pretrained=None, classify=False).to(device).eval()
+        crop = torch.rand(3, 160, 160)
+        result["facenet_ms"] = timed(lambda: face_embedding(facenet, crop), device, iters)
+        mtcnn = MTCNN(image_size=160, device=device)
+        image = Image.fromarray((np.random.RandomState(4).rand(512, 512, 3) * 255).astype(np.uint8))
+        result["mtcnn_detect_512_ms"] = timed(lambda: mtcnn.detect(image), device, iters)
+    except Exception as error:  # noqa: BLE001
+        result["facenet_error"] = f"{type(error).__name__}: {error}"
+    from preprocessors.identity.encoder import content_key
+
+    image = Image.fromarray((np.random.RandomState(5).rand(512, 512, 3) * 255).astype(np.uint8))
+    result["warm_cache_key_ms_cpu"] = timed(lambda: content_key(image, 0, False), "cpu", iters)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    info = {"device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}",
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    out = {"info": info, "head": bench_head(args.device, args.iters), "identity": bench_identity(args.device,
+                                                                                                args.iters)}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
