@@ -150,6 +150,9 @@ def test_pipeline_manual_head_and_preview(pipeline, deca_assets):  # noqa: F811
                            manual=ManualHead(center_x=0.3, scale=0.4))
     right = pipeline.render(identity, None, width=256, height=256, identity_landmarks=lm_id,
                             manual=ManualHead(center_x=0.7, scale=0.4, yaw=40))
+    again = pipeline.render(identity, None, width=256, height=256, identity_landmarks=lm_id,
+                            manual=ManualHead(center_x=0.3, scale=0.4))
+    assert again is left  # a repeated generation re-renders nothing
     cols = lambda r: torch.nonzero(r.maps.alpha[0, 0].sum(0)).float().mean()  # noqa: E731
     assert cols(left) < 128 < cols(right)
     assert not torch.equal(left.maps.normal, right.maps.normal)

@@ -86,6 +86,7 @@ class HeadPipeline:
         self.device = torch.device(device)
         self.deca_size = deca_size
         self.cache: OrderedDict[str, PhotoCodes] = OrderedDict()
+        self.hints: OrderedDict[tuple, HeadHint] = OrderedDict()
         self.cache_size = cache_size
         self._models: tuple | None = None
 
@@ -135,7 +136,22 @@ class HeadPipeline:
                modes=DEFAULT_MODES, width: int = 512, height: int = 512, resize_mode: str = "Crop and Resize",
                manual: ManualHead | None = None, identity_landmarks=None, pose_landmarks=None) -> HeadHint:
         """The hint for one identity: posed like `pose_photo` (per `modes`) placed on the W×H canvas by
-        `resize_mode`, or by `manual` when there is no pose photo."""
+        `resize_mode`, or by `manual` when there is no pose photo. Repeated calls come from a cache."""
+        key = (_photo_key(identity_photo, identity_landmarks),
+               None if pose_photo is None else _photo_key(pose_photo, pose_landmarks), str(modes), width, height,
+               resize_mode, repr(manual))
+        if key in self.hints:
+            self.hints.move_to_end(key)
+            return self.hints[key]
+        result = self._render(identity_photo, pose_photo, modes, width, height, resize_mode, manual,
+                              identity_landmarks, pose_landmarks)
+        self.hints[key] = result
+        while len(self.hints) > self.cache_size:
+            self.hints.popitem(last=False)
+        return result
+
+    def _render(self, identity_photo, pose_photo, modes, width, height, resize_mode, manual, identity_landmarks,
+                pose_landmarks) -> HeadHint:
         _, flame, texture, renderer = self.models()
         identity = self.photo_codes(identity_photo, identity_landmarks)
         with torch.no_grad():
