@@ -1,0 +1,100 @@
+"""Turn validated units into CapFace controls: models loaded once and cached, identity and hint computed with the
+preprocessors (both cache by photo content)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from caphuman_ext.capface import CapFace
+from caphuman_ext.checkpoint import load_capface
+from caphuman_ext.control import CapFaceControl
+from preprocessors.head.assets import HeadAssets
+from preprocessors.head.pipeline import HeadPipeline, ManualHead
+from preprocessors.identity import IdentityEncoder, IdentityModelPaths
+
+from .models import list_capface_models
+from .params import UnitParams, UnitValidationError
+from .schedule import pose_only_tau
+
+
+@dataclass
+class BuiltUnit:
+    params: UnitParams
+    control: CapFaceControl
+    hint_size: tuple[int, int]
+
+
+def manual_head(unit: UnitParams) -> ManualHead:
+    light = None
+    if unit.light_strength > 0:
+        yaw, pitch = math.radians(unit.light_yaw), math.radians(unit.light_pitch)
+        light = (math.sin(yaw) * math.cos(pitch), -math.sin(pitch), math.cos(yaw) * math.cos(pitch))
+    return ManualHead(unit.yaw, unit.pitch, unit.roll, unit.center_x, unit.center_y, unit.scale, unit.expression,
+                      unit.jaw_open, light, unit.light_strength or 1.0)
+
+
+class UnitBuilder:
+    """Holds the models between generations; `offload()` moves them to the CPU."""
+
+    def __init__(self, folders: list[Path], allow_download: bool = True) -> None:
+        self.folders = folders
+        self.allow_download = allow_download
+        self.capfaces: dict[Path, CapFace] = {}
+        self.encoders: dict[Path, IdentityEncoder] = {}
+        self.head: HeadPipeline | None = None
+
+    def model_path(self, name: str) -> Path:
+        models = list_capface_models(self.folders)
+        if not models:
+            raise UnitValidationError("model", "no CapHuman checkpoint found: put caphuman.ckpt (or the converted "
+                                      "caphuman_capface.safetensors) in " + " or ".join(map(str, self.folders)))
+        if not name:
+            return next(iter(models.values()))
+        if name not in models:
+            raise UnitValidationError("model", f"{name!r} not found; available: {list(models)}")
+        return models[name]
+
+    def capface(self, path: Path) -> CapFace:
+        if path not in self.capfaces:
+            self.capfaces[path] = load_capface(path)
+        return self.capfaces[path]
+
+    def encoder(self, path: Path, device: torch.device) -> IdentityEncoder:
+        if path not in self.encoders:
+            paths = IdentityModelPaths(clip_vision=path, folders=self.folders, allow_download=self.allow_download)
+            self.encoders[path] = IdentityEncoder(paths, device=device)
+        return self.encoders[path]
+
+    def head_pipeline(self, device: torch.device) -> HeadPipeline:
+        if self.head is None:
+            self.head = HeadPipeline(HeadAssets.find(self.folders), device=device)
+        self.head.device = device
+        return self.head
+
+    def hint(self, unit: UnitParams, width: int, height: int, device: torch.device) -> torch.Tensor:
+        head = self.head_pipeline(device)
+        manual = None if unit.pose_image is not None else manual_head(unit)
+        result = head.render(unit.reference_images[0], unit.pose_image, unit.modes or ("position", "pose"), width,
+                             height, unit.resize_mode, manual)
+        return result.hint
+
+    def build(self, unit: UnitParams, width: int, height: int, device: torch.device) -> BuiltUnit:
+        path = self.model_path(unit.model)
+        capface = self.capface(path)
+        identity = self.encoder(path, device).encode(unit.reference_images, unit.face_index, unit.allow_whole_image)
+        context = capface.identity_context(identity.clip_tokens, identity.face_embedding)
+        control = CapFaceControl(capface, hint=self.hint(unit, width, height, device), context=context.detach(),
+                                 strength=unit.strength, drop_identity_above_t=pose_only_tau(unit.pose_only))
+        return BuiltUnit(unit, control, (width, height))
+
+    def offload(self) -> None:
+        for capface in self.capfaces.values():
+            capface.to("cpu")
+        for encoder in self.encoders.values():
+            encoder.offload()
+        if self.head is not None:
+            self.head.offload()

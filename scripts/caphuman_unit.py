@@ -1,0 +1,335 @@
+"""CapHuman units in AUTOMATIC1111 (txt2img / img2img): UI, generation lifecycle, API. Logic lives in caphuman_ext."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+from pathlib import Path
+
+import gradio as gr
+from modules import devices, script_callbacks, scripts, shared
+
+EXTENSION_ROOT = Path(__file__).resolve().parents[1]
+if str(EXTENSION_ROOT) not in sys.path:
+    sys.path.insert(0, str(EXTENSION_ROOT))
+
+from caphuman_ext.hook import UNetHook, hook_unet  # noqa: E402
+from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
+from caphuman_ext.unit.infotext import from_infotext, infotext_key, to_infotext  # noqa: E402
+from caphuman_ext.unit.models import list_capface_models, model_folders  # noqa: E402
+from caphuman_ext.unit.params import FIELD_ORDER, UnitValidationError, unit_from_dict, units_from_args  # noqa: E402
+from caphuman_ext.unit.schedule import active_at, cfg_row_sources  # noqa: E402
+from preprocessors.head.codes import MODES  # noqa: E402
+from preprocessors.head.frames import RESIZE_MODES  # noqa: E402
+
+VERSION = "0.1.0"
+SCRIPT_TITLE = "CapHuman"
+
+
+def _opt(name: str, default):
+    return getattr(shared.opts, name, default)
+
+
+def _folders() -> list[Path]:
+    from modules import paths
+
+    extra = [Path(p) for p in [_opt("caphuman_model_dir", "")] if p]
+    return model_folders(Path(paths.models_path), extra)
+
+
+_BUILDER: UnitBuilder | None = None
+
+
+def builder() -> UnitBuilder:
+    global _BUILDER
+    if _BUILDER is None or _BUILDER.folders != _folders():
+        _BUILDER = UnitBuilder(_folders(), allow_download=_opt("caphuman_auto_download", True))
+    return _BUILDER
+
+
+class _Generation:
+    """What one generation installed; removed in postprocess, or at the next generation if it failed."""
+
+    hook: UNetHook | None = None
+    units: list = []
+
+
+_STATE = _Generation()
+
+
+def _remove_hook() -> None:
+    if _STATE.hook is not None:
+        _STATE.hook.remove()
+    _STATE.hook, _STATE.units = None, []
+
+
+def _on_cfg_denoiser(params) -> None:
+    """Per step: the unit window and which CFG rows share a CapFace pass."""
+    if _STATE.hook is None:
+        return
+    for built in _STATE.units:
+        built.control.active = active_at(params.sampling_step, params.total_sampling_steps, built.params.start,
+                                         built.params.end)
+    cond = params.text_cond["crossattn"] if isinstance(params.text_cond, dict) else params.text_cond
+    _STATE.hook.row_sources = cfg_row_sources(params.x.shape[0], cond.shape[0]) \
+        if _opt("batch_cond_uncond", True) else None
+
+
+script_callbacks.on_cfg_denoiser(_on_cfg_denoiser)
+
+
+class Script(scripts.Script):
+    def title(self):
+        return SCRIPT_TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        tab = "img2img" if is_img2img else "txt2img"
+        components, self.infotext_fields = [], []
+        with gr.Accordion("CapHuman", open=False, elem_id=f"caphuman_{tab}"):
+            for index in range(int(_opt("caphuman_units", 2))):
+                with gr.Tab(f"Person {index + 1}"):
+                    components += self._unit_ui(tab, index)
+        return components
+
+    def _unit_ui(self, tab: str, index: int) -> list:
+        uid = f"{tab}_{index}"
+        with gr.Row():
+            enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"caphuman_enabled_{uid}")
+            model = gr.Dropdown(label="CapHuman model", choices=[""] + list(list_capface_models(_folders())),
+                                value="", elem_id=f"caphuman_model_{uid}")
+            refresh = gr.Button("🔄", elem_classes=["tool"])
+        with gr.Row():
+            reference = gr.Image(label="Reference photo (the person)", type="pil", elem_id=f"caphuman_ref_{uid}")
+            pose = gr.Image(label="Pose photo (optional: else the sliders)", type="pil",
+                            elem_id=f"caphuman_pose_{uid}")
+        with gr.Row():
+            face_index = gr.Number(label="Face (0 = largest)", value=0, precision=0)
+            whole = gr.Checkbox(label="No face found: use the whole photo", value=False)
+            modes = gr.CheckboxGroup(label="Copy from the pose photo", choices=list(MODES),
+                                     value=["position", "pose"])
+        with gr.Row():
+            strength = gr.Slider(label="Strength", minimum=0, maximum=2, step=0.05, value=1.0,
+                                 elem_id=f"caphuman_strength_{uid}")
+            start = gr.Slider(label="Start", minimum=0, maximum=1, step=0.01, value=0.0)
+            end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=1.0)
+            pose_only = gr.Slider(label="Pose-only phase (identity off at first)", minimum=0, maximum=1, step=0.01,
+                                  value=0.0)
+        resize_mode = gr.Radio(label="Resize mode", choices=list(RESIZE_MODES), value="Crop and Resize")
+        with gr.Accordion("Head sliders (used without a pose photo)", open=False):
+            with gr.Row():
+                yaw = gr.Slider(label="Yaw", minimum=-90, maximum=90, step=1, value=0, elem_id=f"caphuman_yaw_{uid}")
+                pitch = gr.Slider(label="Pitch", minimum=-60, maximum=60, step=1, value=0,
+                                  elem_id=f"caphuman_pitch_{uid}")
+                roll = gr.Slider(label="Roll", minimum=-60, maximum=60, step=1, value=0)
+            with gr.Row():
+                cx = gr.Slider(label="Head x", minimum=0, maximum=1, step=0.01, value=0.5)
+                cy = gr.Slider(label="Head y", minimum=0, maximum=1, step=0.01, value=0.45)
+                scale = gr.Slider(label="Head size", minimum=0.05, maximum=1.5, step=0.01, value=0.45)
+            with gr.Row():
+                expression = gr.Slider(label="Expression", minimum=0, maximum=2, step=0.05, value=1.0)
+                jaw = gr.Slider(label="Jaw open", minimum=-0.2, maximum=0.6, step=0.01, value=0.0)
+            with gr.Row():
+                light_yaw = gr.Slider(label="Light direction (left/right)", minimum=-180, maximum=180, step=1, value=0)
+                light_pitch = gr.Slider(label="Light direction (up/down)", minimum=-90, maximum=90, step=1, value=0)
+                light_strength = gr.Slider(label="Light strength (0: the photo's)", minimum=0, maximum=3, step=0.05,
+                                           value=0)
+        with gr.Row():
+            preview_button = gr.Button("Preview head", elem_id=f"caphuman_preview_button_{uid}")
+            width = gr.Slider(label="Preview width", minimum=64, maximum=2048, step=8, value=512)
+            height = gr.Slider(label="Preview height", minimum=64, maximum=2048, step=8, value=512)
+        preview = gr.Gallery(label="normal · albedo · shading · head mask · landmarks", columns=5, height=220,
+                             elem_id=f"caphuman_preview_{uid}", elem_classes=["caphuman-preview"])
+        message = gr.Markdown("")
+        values = [enabled, model, reference, face_index, whole, pose, modes, strength, start, end, pose_only,
+                  resize_mode, yaw, pitch, roll, cx, cy, scale, expression, jaw, light_yaw, light_pitch,
+                  light_strength]
+        assert len(values) == len(FIELD_ORDER)
+        refresh.click(lambda: gr.update(choices=[""] + list(list_capface_models(_folders()))), outputs=[model])
+        preview_button.click(_preview_ui, inputs=[*values, width, height], outputs=[preview, message])
+        key = infotext_key(index)
+        self.infotext_fields.append((enabled, lambda d, key=key: key in d))
+        for name, component in zip(FIELD_ORDER, values):
+            if name in ("enabled", "reference_images", "pose_image", "allow_whole_image"):
+                continue
+            self.infotext_fields.append((component, lambda d, key=key, name=name:
+                                         from_infotext(d[key]).get(name, gr.update()) if key in d else gr.update()))
+        return values
+
+    def process(self, p, *args):
+        _remove_hook()  # a generation that failed earlier may have left one
+        try:
+            units = [u for u in units_from_args(args) if u.enabled]
+        except UnitValidationError as error:
+            raise RuntimeError(f"CapHuman: {error}") from error
+        overrides = getattr(p, "caphuman_overrides", {})
+        for unit in units:
+            for name, value in overrides.items():
+                setattr(unit, name, value)
+        if not units:
+            return
+        if not getattr(p.sd_model, "is_sd1", True):
+            raise RuntimeError("CapHuman works with SD1.x checkpoints only (SD1.5 and its fine-tunes); the loaded "
+                               "model is SDXL or SD2. Switch checkpoints or disable the CapHuman unit.")
+        try:
+            built = [builder().build(u, p.width, p.height, devices.device) for u in units]
+        except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
+            raise RuntimeError(f"CapHuman: {error}") from error
+        for index, unit in enumerate(units):
+            p.extra_generation_params[infotext_key(index)] = to_infotext(unit)
+        _STATE.units = built
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        if not _STATE.units or _STATE.hook is not None:
+            return
+        unet = p.sd_model.model.diffusion_model
+        _STATE.hook = hook_unet(unet, [b.control for b in _STATE.units]).install()
+
+    def before_hr(self, p, *args):
+        if not _STATE.units:
+            return
+        width, height = int(p.hr_upscale_to_x), int(p.hr_upscale_to_y)
+        for built in _STATE.units:
+            built.control.hint = builder().hint(built.params, width, height, devices.device)
+
+    def postprocess(self, p, processed, *args):
+        if _STATE.units:
+            _remove_hook()
+            if _opt("caphuman_offload", False):
+                builder().offload()
+                devices.torch_gc()
+
+
+def _preview_ui(*values):
+    *unit_values, width, height = values
+    try:
+        unit = unit_from_dict({**dict(zip(FIELD_ORDER, unit_values)), "enabled": True})
+        images = _preview(unit, int(width), int(height))
+    except Exception as error:  # noqa: BLE001
+        return [], f"**CapHuman preview failed:** {error}"
+    return [(image, name) for name, image in images.items()], ""
+
+
+def _preview(unit, width: int, height: int) -> dict:
+    from caphuman_ext.unit.builder import manual_head
+
+    head = builder().head_pipeline(devices.device)
+    manual = None if unit.pose_image is not None else manual_head(unit)
+    result = head.render(unit.reference_images[0], unit.pose_image, unit.modes, width, height, unit.resize_mode,
+                         manual)
+    return head.preview(result, unit.pose_image, unit.resize_mode)
+
+
+def _on_ui_settings():
+    section = ("caphuman", "CapHuman")
+    options = {
+        "caphuman_units": shared.OptionInfo(2, "Number of CapHuman units (restart the UI)", gr.Slider,
+                                            {"minimum": 1, "maximum": 4, "step": 1}, section=section),
+        "caphuman_model_dir": shared.OptionInfo("", "Extra CapHuman model folder", section=section),
+        "caphuman_auto_download": shared.OptionInfo(True, "Download free model files on first use",
+                                                    section=section),
+        "caphuman_offload": shared.OptionInfo(False, "Move CapHuman models to the CPU after each generation",
+                                              section=section),
+    }
+    for key, info in options.items():
+        shared.opts.add_option(key, info)
+
+
+script_callbacks.on_ui_settings(_on_ui_settings)
+
+
+def _on_app_started(demo, app):
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def validate_caphuman_payload(request: Request, call_next):
+        if request.method == "POST" and request.url.path in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img"):
+            body = await request.body()
+            try:
+                scripts_args = (json.loads(body or b"{}").get("alwayson_scripts") or {})
+                entry = next((v for k, v in scripts_args.items() if k.lower() == SCRIPT_TITLE.lower()), None)
+                if entry is not None:
+                    units = entry.get("args", []) if isinstance(entry, dict) else entry
+                    if not isinstance(units, list):
+                        raise UnitValidationError("args", "expected a list of unit objects")
+                    for index, unit in enumerate(units):
+                        try:
+                            unit_from_dict(unit)
+                        except UnitValidationError as error:
+                            raise UnitValidationError(f"args[{index}].{error.field}", error.reason) from error
+            except UnitValidationError as error:
+                return JSONResponse(status_code=422, content={"detail": [{
+                    "loc": ["body", "alwayson_scripts", SCRIPT_TITLE, *error.field.split(".")],
+                    "msg": error.reason, "type": "value_error.caphuman"}]})
+            except (ValueError, AttributeError):
+                pass  # not JSON we understand: the webui answers it
+
+            async def receive():
+                return {"type": "http.request", "body": body}
+
+            request = Request(request.scope, receive)
+        return await call_next(request)
+
+    @app.get("/caphuman/v1/version")
+    def version():
+        return {"version": VERSION}
+
+    @app.get("/caphuman/v1/models")
+    def models():
+        from preprocessors.head.assets import HeadAssets, MissingHeadAssetError
+
+        try:
+            HeadAssets.find(_folders())
+            head = "ok"
+        except MissingHeadAssetError as error:
+            head = str(error)
+        return {"models": list(list_capface_models(_folders())), "folders": [str(f) for f in _folders()],
+                "head_assets": head}
+
+    @app.post("/caphuman/v1/preview")
+    def preview(payload: dict):
+        width, height = int(payload.pop("width", 512)), int(payload.pop("height", 512))
+        try:
+            unit = unit_from_dict({**payload, "enabled": True})
+            images = _preview(unit, width, height)
+        except UnitValidationError as error:
+            return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", error.field],
+                                                                      "msg": error.reason}]})
+        except Exception as error:  # noqa: BLE001
+            return JSONResponse(status_code=400, content={"detail": str(error)})
+
+        def encode(image):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            return base64.b64encode(buffer.getvalue()).decode()
+
+        return {"images": {name: encode(image) for name, image in images.items()}}
+
+
+script_callbacks.on_app_started(_on_app_started)
+
+
+def _register_xyz_axes():
+    xyz = next((s.module for s in scripts.scripts_data if s.script_class.__module__ == "xyz_grid.py"), None)
+    if xyz is None:
+        return
+
+    def setter(name, cast=float):
+        def apply(p, x, xs):
+            overrides = getattr(p, "caphuman_overrides", {})
+            overrides[name] = cast(x) if name != "modes" else tuple(m for m in str(x).split("+") if m)
+            p.caphuman_overrides = overrides
+        return apply
+
+    for label, name, cast in (("Strength", "strength", float), ("Start", "start", float), ("End", "end", float),
+                              ("Pose-only phase", "pose_only", float), ("Yaw", "yaw", float),
+                              ("Pitch", "pitch", float), ("Roll", "roll", float), ("Modes", "modes", str)):
+        xyz.axis_options.append(xyz.AxisOption(f"[CapHuman] {label}", cast, setter(name, cast)))
+
+
+script_callbacks.on_before_ui(_register_xyz_axes)
