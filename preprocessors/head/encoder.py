@@ -25,8 +25,8 @@ class DecaEncoder(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> DecaEncoder:
-        """deca_model.tar read with `torch.load(weights_only=True)`; only `E_flame` is used."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        """deca_model.tar read with `torch.serialization.load(weights_only=True)`; only `E_flame` is used."""
+        checkpoint = torch.serialization.load(path, map_location="cpu", weights_only=True)
         if not isinstance(checkpoint, dict) or "E_flame" not in checkpoint:
             raise ValueError(f"{Path(path).name}: expected DECA's deca_model.tar with an 'E_flame' entry")
         model = cls()

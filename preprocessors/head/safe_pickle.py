@@ -41,7 +41,7 @@ class ChumpyArray:
 def _load_tensor_from_bytes(data: bytes):
     import torch
 
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return torch.serialization.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 _NUMPY = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

@@ -41,7 +41,7 @@ def load_facenet(path: str | Path, device: torch.device | str = "cpu") -> torch.
     from facenet_pytorch import InceptionResnetV1
 
     model = InceptionResnetV1(pretrained=None, classify=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.serialization.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")}, strict=True)
     return model.to(device).eval().requires_grad_(False)
 
