@@ -54,6 +54,7 @@ class _Generation:
 
     hook: UNetHook | None = None
     units: list = []
+    failure = None  # a UNet pre-hook that stops the generation with a unit's error message
 
 
 _STATE = _Generation()
@@ -62,7 +63,19 @@ _STATE = _Generation()
 def _remove_hook() -> None:
     if _STATE.hook is not None:
         _STATE.hook.remove()
-    _STATE.hook, _STATE.units = None, []
+    if _STATE.failure is not None:
+        _STATE.failure.remove()
+    _STATE.hook, _STATE.units, _STATE.failure = None, [], None
+
+
+def _fail_generation(p, message: str) -> None:
+    """The webui swallows exceptions raised in scripts' process(); raising from the first UNet call instead stops
+    this generation and shows `message` in the UI / API answer. The hook removes itself before raising."""
+    def fail(module, args):
+        _remove_hook()
+        raise RuntimeError(message)
+
+    _STATE.failure = p.sd_model.model.diffusion_model.register_forward_pre_hook(fail)
 
 
 def _on_cfg_denoiser(params) -> None:
@@ -165,7 +178,7 @@ class Script(scripts.Script):
         try:
             units = [u for u in units_from_args(args) if u.enabled]
         except UnitValidationError as error:
-            raise RuntimeError(f"CapHuman: {error}") from error
+            return _fail_generation(p, f"CapHuman: {error}")
         overrides = getattr(p, "caphuman_overrides", {})
         for unit in units:
             for name, value in overrides.items():
@@ -173,12 +186,12 @@ class Script(scripts.Script):
         if not units:
             return
         if not getattr(p.sd_model, "is_sd1", True):
-            raise RuntimeError("CapHuman works with SD1.x checkpoints only (SD1.5 and its fine-tunes); the loaded "
-                               "model is SDXL or SD2. Switch checkpoints or disable the CapHuman unit.")
+            return _fail_generation(p, "CapHuman works with SD1.x checkpoints only (SD1.5 and its fine-tunes); the "
+                                    "loaded model is SDXL or SD2. Switch checkpoints or disable the CapHuman unit.")
         try:
             built = [builder().build(u, p.width, p.height, devices.device) for u in units]
         except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
-            raise RuntimeError(f"CapHuman: {error}") from error
+            return _fail_generation(p, f"CapHuman: {error}")
         for index, unit in enumerate(units):
             p.extra_generation_params[infotext_key(index)] = to_infotext(unit)
         _STATE.units = built
