@@ -1,0 +1,14 @@
+import { chromium } from 'playwright-core';
+const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'] });
+const page = await browser.newPage({ viewport: { width: 1400, height: 1900 } });
+await page.goto('http://127.0.0.1:7860/', { waitUntil: 'networkidle', timeout: 120000 });
+await page.waitForSelector('#caphuman_txt2img', { timeout: 60000 });
+await page.click('#caphuman_txt2img .label-wrap');
+await page.waitForTimeout(1500);
+await page.setInputFiles('#caphuman_ref_txt2img_0 input[type=file]', '/tmp/ident/identity.png');
+await page.waitForTimeout(1500);
+await page.click('#caphuman_preview_button_txt2img_0');
+await page.waitForTimeout(8000);
+const panel = await page.$('#caphuman_txt2img');
+await panel.screenshot({ path: '/tmp/shot/panel.png' });
+await browser.close();
