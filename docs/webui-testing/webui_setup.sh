@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Local, offline AUTOMATIC1111 v1.10.1 (CPU) for testing the extension. Lives outside the repo.
 set -x
-W=/work/webui
-V=/root/.venvs/webui
-M=/work/.mirror
+W=${WEBUI_DIR:-/work/webui}
+V=${WEBUI_VENV:-$HOME/.venvs/webui}
+M=${MIRROR_DIR:-/work/.mirror}  # local git mirrors of the repositories below
 [ -d $W ] || git clone -q $M/kklouzal+stable-diffusion-webui/repo $W
 git -C $W checkout -q 82a973c0
 mkdir -p $W/repositories
@@ -18,5 +18,5 @@ grep -v -E "^torch$|^setuptools" $W/requirements_versions.txt > /tmp/webui_reqs.
 printf "torch==2.14.1\ntorchvision==0.29.1\n" > /tmp/webui_constraints.txt
 $V/bin/pip install -q -c /tmp/webui_constraints.txt -r /tmp/webui_reqs.txt
 $V/bin/pip install -q --no-deps openai-clip facenet-pytorch==2.6.0
-$V/bin/pip install -q -c /tmp/webui_constraints.txt ftfy regex
+$V/bin/pip install -q -c /tmp/webui_constraints.txt ftfy regex "setuptools==69.5.1"
 echo SETUP_DONE
