@@ -75,6 +75,7 @@ def test_infotext_round_trip():
     for name in ("model", "strength", "start", "end", "pose_only", "yaw", "resize_mode"):
         assert getattr(restored, name) == getattr(unit, name), name
     assert infotext_key(0) == "CapHuman 1"
+    assert from_infotext(to_infotext(UnitParams(enabled=True)))["model"] == ""  # the first model found
 
 
 def test_step_window():

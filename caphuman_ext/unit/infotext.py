@@ -17,6 +17,8 @@ def to_infotext(unit: UnitParams) -> str:
         value = getattr(unit, name)
         if name == "modes":
             value = "+".join(value) or "none"
+        elif name == "model":
+            value = value or "default"
         elif isinstance(value, float):
             value = f"{value:g}"
         parts.append(f"{name} {value}")
@@ -33,7 +35,9 @@ def from_infotext(text: str) -> dict:
             continue
         if name == "modes":
             values[name] = [] if value == "none" else value.split("+")
-        elif name in ("model", "resize_mode"):
+        elif name == "model":
+            values[name] = "" if value == "default" else value
+        elif name == "resize_mode":
             values[name] = value
         elif name == "face_index":
             values[name] = int(float(value))
