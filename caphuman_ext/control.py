@@ -44,6 +44,7 @@ class CapFaceControl:
                  drop_identity_above_t: float = 0.0) -> None:
         self.capface = capface
         self._hint_cache: _HintCache | None = None
+        self._generation = 0  # bumped whenever hint or context is replaced (captured graphs depend on them)
         self.hint = hint
         self.context = context
         self.strength = float(strength)
@@ -58,6 +59,17 @@ class CapFaceControl:
     def hint(self, value: torch.Tensor) -> None:
         self._hint = value
         self._hint_cache = None
+        self._generation += 1
+
+    @property
+    def context(self) -> torch.Tensor:
+        return self._context
+
+    @context.setter
+    def context(self, value: torch.Tensor) -> None:
+        if getattr(self, "_context", None) is not value:
+            self._context = value
+            self._generation += 1
 
     @property
     def enabled(self) -> bool:
@@ -89,8 +101,8 @@ class CapFaceControl:
 
     def graph_key(self) -> tuple:
         """What a captured CapFace pass of this control depends on besides shapes."""
-        return (id(self), id(self.capface), self.strength, self.drop_identity_above_t, self._hint_cache.key
-                if self._hint_cache else None, id(self.context), self.context._version)
+        return (id(self), id(self.capface), self.strength, self.drop_identity_above_t, self._generation,
+                self._hint_cache.key if self._hint_cache else None, self.context._version)
 
     def hint_features(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(hint features, sigmoid head mask at latent size), cached per hint."""

@@ -56,3 +56,17 @@ def test_per_step_path_makes_no_host_sync(graphs):
         finally:
             torch.cuda.set_sync_debug_mode(0)
             stop.remove()
+
+
+def test_replacing_the_hint_recaptures():
+    unet, capface, x, text, hint, clip, face = setup()
+    control = caphuman_ext.CapFaceControl(capface, hint=hint, context=capface.identity_context(clip, face))
+    timesteps = torch.full((2,), 500.0, device="cuda")
+    with torch.no_grad(), caphuman_ext.hook_unet(unet, [control], row_sources=[0, 0]) as hook:
+        unet(x, timesteps, context=text)
+        control.hint = torch.flip(hint, dims=[-1])  # same shape, new content
+        got = unet(x, timesteps, context=text)
+        hook.detach()
+        expected = reference_eps(unet, x, timesteps, text, [(capface, control.hint, clip, face, 1.0, 0.0)])
+        hook.install()
+    assert (got - expected).abs().max().item() <= 2e-4
