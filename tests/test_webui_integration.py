@@ -107,3 +107,28 @@ def test_no_face_is_a_readable_error_and_the_webui_recovers(photo):
 def test_preview_route(photo):
     status, body = call("/caphuman/v1/preview", {"reference_images": [photo], "width": 160, "height": 96, "yaw": 30})
     assert status == 200 and set(body["images"]) == {"normal", "albedo", "shading", "alpha", "landmarks"}
+
+
+def test_inpainting_with_a_nine_channel_checkpoint(photo):
+    """Needs tiny-sd15-inpainting (docs/webui-testing/make_tiny_webui_models.py) next to tiny-sd15."""
+    call("/sdapi/v1/refresh-checkpoints", {})
+    status, checkpoints = call("/sdapi/v1/sd-models")
+    names = [c["model_name"] for c in checkpoints]
+    if "tiny-sd15-inpainting" not in names:
+        pytest.skip("no tiny-sd15-inpainting checkpoint")
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 16, 96, 112))
+    mask.save(buffer, format="PNG")
+    payload = {**BASE, "init_images": [photo], "mask": base64.b64encode(buffer.getvalue()).decode(),
+               "denoising_strength": 0.8, "inpainting_fill": 1,
+               "override_settings": {"sd_model_checkpoint": "tiny-sd15-inpainting"},
+               "override_settings_restore_afterwards": True}
+    status, before = call("/sdapi/v1/img2img", payload)
+    assert status == 200, before
+    status, steered = call("/sdapi/v1/img2img", with_unit(payload, {"enabled": True, "reference_images": [photo]}))
+    assert status == 200, steered
+    assert steered["images"] != before["images"]
+    assert call("/sdapi/v1/img2img", payload)[1]["images"] == before["images"]

@@ -33,27 +33,35 @@ text_config = CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size
 CLIPTextModel(text_config).save_pretrained(clip_dir)
 CLIPTokenizer(f"{clip_dir}/vocab.json", f"{clip_dir}/merges.txt").save_pretrained(clip_dir)
 
-conf = yaml.safe_load(open(f"{WEBUI}/configs/v1-inference.yaml"))
-conf["model"]["params"]["unet_config"]["params"].update(model_channels=32, channel_mult=[1, 2, 2, 2], context_dim=64,
-                                                        num_heads=8, use_checkpoint=False)
-conf["model"]["params"]["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2, 4, 4],
-                                                                           num_res_blocks=1)
-conf["model"]["params"]["cond_stage_config"]["params"] = {"version": clip_dir}
 sys.path[:0] = [f"{WEBUI}/repositories/stable-diffusion-stability-ai"]
 from ldm.util import instantiate_from_config  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-model = instantiate_from_config(OmegaConf.create(conf["model"]))
-generator = torch.Generator().manual_seed(1)
-state = {}
-for key, value in model.state_dict().items():
-    if value.is_floating_point() and not key.startswith("cond_stage_model"):
-        scale = (0.5 / max(1, value[0].numel())) ** 0.5 if value.dim() > 1 else 0.02
-        value = torch.randn(value.shape, generator=generator) * scale
-    state[key] = value.contiguous()
-folder = f"{WEBUI}/models/Stable-diffusion"
-os.makedirs(folder, exist_ok=True)
-save_file(state, f"{folder}/tiny-sd15.safetensors")
-with open(f"{folder}/tiny-sd15.yaml", "w") as handle:
-    yaml.safe_dump(conf, handle)
-print("checkpoint written:", len(state), "tensors")
+
+def write_checkpoint(config_name: str, name: str) -> None:
+    """A tiny random checkpoint of the architecture in `configs/<config_name>` with its sidecar yaml."""
+    conf = yaml.safe_load(open(f"{WEBUI}/configs/{config_name}"))
+    conf["model"]["params"]["unet_config"]["params"].update(model_channels=32, channel_mult=[1, 2, 2, 2],
+                                                            context_dim=64, num_heads=8, use_checkpoint=False)
+    conf["model"]["params"]["first_stage_config"]["params"]["ddconfig"].update(ch=32, ch_mult=[1, 2, 4, 4],
+                                                                               num_res_blocks=1)
+    conf["model"]["params"]["cond_stage_config"]["params"] = {"version": clip_dir}
+    conf["model"]["params"].pop("ckpt_path", None)
+    model = instantiate_from_config(OmegaConf.create(conf["model"]))
+    generator = torch.Generator().manual_seed(1)
+    state = {}
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not key.startswith("cond_stage_model"):
+            scale = (0.5 / max(1, value[0].numel())) ** 0.5 if value.dim() > 1 else 0.02
+            value = torch.randn(value.shape, generator=generator) * scale
+        state[key] = value.contiguous()
+    folder = f"{WEBUI}/models/Stable-diffusion"
+    os.makedirs(folder, exist_ok=True)
+    save_file(state, f"{folder}/{name}.safetensors")
+    with open(f"{folder}/{name}.yaml", "w") as handle:
+        yaml.safe_dump(conf, handle)
+    print(name, "written:", len(state), "tensors")
+
+
+write_checkpoint("v1-inference.yaml", "tiny-sd15")
+write_checkpoint("v1-inpainting-inference.yaml", "tiny-sd15-inpainting")  # 9-channel UNet
