@@ -132,3 +132,28 @@ def test_inpainting_with_a_nine_channel_checkpoint(photo):
     assert status == 200, steered
     assert steered["images"] != before["images"]
     assert call("/sdapi/v1/img2img", payload)[1]["images"] == before["images"]
+
+
+def test_xyz_plot_axis_sets_the_unit_strength(photo):
+    status, infos = call("/sdapi/v1/script-info")
+    xyz = next(s for s in infos if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    axis = xyz["args"][0]["choices"].index("[CapHuman] Strength")
+    script_args = [axis, "0.5, 1.5", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
+    payload = with_unit({**BASE, "script_name": "x/y/z plot", "script_args": script_args},
+                        {"enabled": True, "reference_images": [photo]})
+    status, result = call("/sdapi/v1/txt2img", payload)
+    assert status == 200, result
+    infotexts = json.loads(result["info"])["infotexts"]
+    assert any("strength 0.5" in text for text in infotexts) and any("strength 1.5" in text for text in infotexts)
+
+
+def test_infotext_reaches_png_info(photo):
+    status, result = call("/sdapi/v1/txt2img", with_unit(BASE, {"enabled": True, "reference_images": [photo],
+                                                                "strength": 0.7, "modes": ["position"]}))
+    assert status == 200
+    status, info = call("/sdapi/v1/png-info", {"image": "data:image/png;base64," + result["images"][0]})
+    parameters = info["parameters"]["CapHuman 1"]
+    from caphuman_ext.unit.infotext import from_infotext
+
+    restored = from_infotext(parameters)
+    assert restored["strength"] == 0.7 and restored["modes"] == ["position"]
