@@ -44,8 +44,9 @@ _BUILDER: UnitBuilder | None = None
 
 def builder() -> UnitBuilder:
     global _BUILDER
-    if _BUILDER is None or _BUILDER.folders != _folders():
-        _BUILDER = UnitBuilder(_folders(), allow_download=_opt("caphuman_auto_download", True))
+    settings = (_folders(), _opt("caphuman_auto_download", True), int(_opt("caphuman_cache_size", 16)))
+    if _BUILDER is None or (_BUILDER.folders, _BUILDER.allow_download, _BUILDER.cache_size) != settings:
+        _BUILDER = UnitBuilder(*settings)
     return _BUILDER
 
 
@@ -247,6 +248,8 @@ def _on_ui_settings():
                                                     section=section),
         "caphuman_offload": shared.OptionInfo(False, "Move CapHuman models to the CPU after each generation",
                                               section=section),
+        "caphuman_cache_size": shared.OptionInfo(16, "Photos remembered by the identity and head caches", gr.Slider,
+                                                 {"minimum": 1, "maximum": 128, "step": 1}, section=section),
     }
     for key, info in options.items():
         shared.opts.add_option(key, info)

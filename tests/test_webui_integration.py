@@ -157,3 +157,46 @@ def test_infotext_reaches_png_info(photo):
 
     restored = from_infotext(parameters)
     assert restored["strength"] == 0.7 and restored["modes"] == ["position"]
+
+
+def test_next_to_sd_webui_controlnet(photo):
+    """Needs sd-webui-controlnet, an SD1.5-width checkpoint `mid-sd15` (320 channels), a ControlNet and a CapHuman
+    model of that width (docs/webui_testing.md)."""
+    status, models = call("/controlnet/model_list")
+    call("/sdapi/v1/refresh-checkpoints", {})
+    checkpoints = [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]
+    if status != 200 or not models.get("model_list") or "mid-sd15" not in checkpoints:
+        pytest.skip("no sd-webui-controlnet / mid-sd15 setup")
+    payload = {**BASE, "width": 64, "height": 64, "steps": 2,
+               "override_settings": {"sd_model_checkpoint": "mid-sd15"}, "override_settings_restore_afterwards": True}
+    controlnet = {"enabled": True, "model": models["model_list"][0], "image": photo, "module": "none", "weight": 1.0}
+    caphuman = {"enabled": True, "model": "caphuman_mid.safetensors", "reference_images": [photo]}
+
+    def run(cn: bool, ch: bool) -> list:
+        scripts = {}
+        if cn:
+            scripts["controlnet"] = {"args": [controlnet]}
+        if ch:
+            scripts["CapHuman"] = {"args": [caphuman]}
+        status, result = call("/sdapi/v1/txt2img", {**payload, "alwayson_scripts": scripts})
+        assert status == 200, result
+        return result["images"]
+
+    plain, only_cn, only_ch, both = run(False, False), run(True, False), run(False, True), run(True, True)
+    assert len({plain[0], only_cn[0], only_ch[0], both[0]}) == 4  # each control changes the image, and together
+    assert run(False, False) == plain
+
+
+def test_sd2_checkpoint_gets_a_clear_message(photo):
+    """Needs a tiny SD2-architecture checkpoint `tiny-sd2` (OpenCLIP text encoder)."""
+    call("/sdapi/v1/refresh-checkpoints", {})
+    if "tiny-sd2" not in [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]:
+        pytest.skip("no tiny-sd2 checkpoint")
+    payload = {**BASE, "override_settings": {"sd_model_checkpoint": "tiny-sd2"},
+               "override_settings_restore_afterwards": True}
+    status, plain = call("/sdapi/v1/txt2img", payload)
+    assert status == 200, plain
+    status, body = call("/sdapi/v1/txt2img", with_unit(payload, {"enabled": True, "reference_images": [photo]}))
+    assert status >= 400 and "SD1.x checkpoints only" in json.dumps(body)
+    status, again = call("/sdapi/v1/txt2img", payload)
+    assert status == 200 and again["images"] == plain["images"]

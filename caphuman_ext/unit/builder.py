@@ -40,9 +40,10 @@ def manual_head(unit: UnitParams) -> ManualHead:
 class UnitBuilder:
     """Holds the models between generations; `offload()` moves them to the CPU."""
 
-    def __init__(self, folders: list[Path], allow_download: bool = True) -> None:
+    def __init__(self, folders: list[Path], allow_download: bool = True, cache_size: int = 16) -> None:
         self.folders = folders
         self.allow_download = allow_download
+        self.cache_size = cache_size
         self.capfaces: dict[Path, CapFace] = {}
         self.encoders: dict[Path, IdentityEncoder] = {}
         self.head: HeadPipeline | None = None
@@ -66,12 +67,12 @@ class UnitBuilder:
     def encoder(self, path: Path, device: torch.device) -> IdentityEncoder:
         if path not in self.encoders:
             paths = IdentityModelPaths(clip_vision=path, folders=self.folders, allow_download=self.allow_download)
-            self.encoders[path] = IdentityEncoder(paths, device=device)
+            self.encoders[path] = IdentityEncoder(paths, device=device, cache_size=self.cache_size)
         return self.encoders[path]
 
     def head_pipeline(self, device: torch.device) -> HeadPipeline:
         if self.head is None:
-            self.head = HeadPipeline(HeadAssets.find(self.folders), device=device)
+            self.head = HeadPipeline(HeadAssets.find(self.folders), device=device, cache_size=self.cache_size)
         self.head.device = device
         return self.head
 
