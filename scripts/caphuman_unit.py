@@ -121,6 +121,8 @@ class Script(scripts.Script):
             reference = gr.Image(label="Reference photo (the person)", type="pil", elem_id=f"caphuman_ref_{uid}")
             pose = gr.Image(label="Pose photo (optional: else the sliders)", type="pil",
                             elem_id=f"caphuman_pose_{uid}")
+        more = gr.File(label="More photos of the same person (optional)", file_count="multiple",
+                       file_types=["image"], elem_id=f"caphuman_more_{uid}")
         with gr.Row():
             face_index = gr.Number(label="Face (0 = largest)", value=0, precision=0)
             whole = gr.Checkbox(label="No face found: use the whole photo", value=False)
@@ -161,14 +163,14 @@ class Script(scripts.Script):
         message = gr.Markdown("")
         values = [enabled, model, reference, face_index, whole, pose, modes, strength, start, end, pose_only,
                   resize_mode, yaw, pitch, roll, cx, cy, scale, expression, jaw, light_yaw, light_pitch,
-                  light_strength]
+                  light_strength, more]
         assert len(values) == len(FIELD_ORDER)
         refresh.click(lambda: gr.update(choices=[""] + list(list_capface_models(_folders()))), outputs=[model])
         preview_button.click(_preview_ui, inputs=[*values, width, height], outputs=[preview, message])
         key = infotext_key(index)
         self.infotext_fields.append((enabled, lambda d, key=key: key in d))
         for name, component in zip(FIELD_ORDER, values):
-            if name in ("enabled", "reference_images", "pose_image", "allow_whole_image"):
+            if name in ("enabled", "reference_images", "more_reference_images", "pose_image", "allow_whole_image"):
                 continue
             self.infotext_fields.append((component, lambda d, key=key, name=name:
                                          from_infotext(d[key]).get(name, gr.update()) if key in d else gr.update()))

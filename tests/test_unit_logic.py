@@ -108,3 +108,12 @@ def test_models_are_listed_from_every_folder(tmp_path):
     models = list_capface_models([first, second, tmp_path / "missing"])
     assert list(models) == ["caphuman.ckpt", "caphuman_capface.safetensors"]
     assert models["caphuman.ckpt"].parent == first
+
+
+def test_more_photos_from_the_ui_join_the_reference(tmp_path):
+    path = tmp_path / "second.png"
+    Image.new("RGB", (24, 24)).save(path)
+    uploaded = type("Upload", (), {"name": str(path)})()
+    unit = unit_from_dict({"enabled": True, "reference_images": Image.new("RGB", (20, 20)),
+                           "more_reference_images": [uploaded]})
+    assert [image.size for image in unit.reference_images] == [(20, 20), (24, 24)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .params import FIELD_ORDER, UnitParams
 
-SAVED = [n for n in FIELD_ORDER if n not in ("enabled", "reference_images", "pose_image", "allow_whole_image")]
+SAVED = [n for n in FIELD_ORDER if n not in ("enabled", "reference_images", "more_reference_images", "pose_image",
+                                             "allow_whole_image")]
 
 
 def infotext_key(index: int) -> str:

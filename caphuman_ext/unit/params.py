@@ -45,12 +45,13 @@ class UnitParams:
     light_yaw: float = 0.0
     light_pitch: float = 0.0
     light_strength: float = 0.0  # 0: the photo's own light
+    more_reference_images: list = field(default_factory=list)  # the UI's extra photos of the same person
 
     def to_dict(self, with_images: bool = False) -> dict:
         data = asdict(self)
         if not with_images:
-            data.pop("reference_images")
-            data.pop("pose_image")
+            for name in ("reference_images", "more_reference_images", "pose_image"):
+                data.pop(name)
         data["modes"] = list(self.modes)
         return data
 
@@ -71,6 +72,11 @@ def decode_image(value: Any, field_name: str):
     if isinstance(value, dict):  # gradio image editor / file objects
         value = value.get("image") or value.get("composite") or value.get("background") or value.get("name")
         return decode_image(value, field_name)
+    if hasattr(value, "name") and not isinstance(value, str):  # an uploaded file (gradio File)
+        try:
+            return Image.open(value.name).copy()
+        except Exception as error:  # noqa: BLE001
+            raise UnitValidationError(field_name, f"{value.name} is not an image") from error
     if hasattr(value, "shape"):
         from preprocessors.identity.image_io import load_image
 
@@ -137,14 +143,16 @@ def unit_from_dict(data: dict) -> UnitParams:
             if values[name] not in RESIZE_MODES:
                 raise UnitValidationError(name, f"choose from {list(RESIZE_MODES)}")
             unit.resize_mode = values[name]
-        elif name == "reference_images":
+        elif name in ("reference_images", "more_reference_images"):
             images = values[name]
             images = images if isinstance(images, (list, tuple)) else [images]
-            unit.reference_images = [decode_image(v, name) for v in images if v is not None]
+            setattr(unit, name, [decode_image(v, name) for v in images if v is not None])
         elif name == "pose_image":
             unit.pose_image = decode_image(values[name], name)
         else:
             setattr(unit, name, _number(values, name))
+    unit.reference_images = unit.reference_images + unit.more_reference_images
+    unit.more_reference_images = []
     if unit.start > unit.end:
         raise UnitValidationError("start", f"start ({unit.start}) is after end ({unit.end})")
     if unit.enabled and not unit.reference_images:
@@ -165,8 +173,9 @@ def units_from_args(args: tuple | list, fields_per_unit: int = len(FIELD_ORDER))
     units = []
     for start in range(0, len(args) - fields_per_unit + 1, fields_per_unit):
         chunk = dict(zip(FIELD_ORDER, args[start: start + fields_per_unit]))
-        if chunk.get("reference_images") is None:
-            chunk["reference_images"] = []
+        for name in ("reference_images", "more_reference_images"):
+            if chunk.get(name) is None:
+                chunk[name] = []
         if not chunk.get("enabled"):
             chunk = {"enabled": False}
         units.append(unit_from_dict(chunk))
