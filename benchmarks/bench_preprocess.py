@@ -170,10 +170,10 @@ def bench_identity(device: str, iters: int) -> dict:
         result["mtcnn_detect_512_ms"] = timed(lambda: mtcnn.detect(image), device, iters)
     except Exception as error:  # noqa: BLE001
         result["facenet_error"] = f"{type(error).__name__}: {error}"
-    from preprocessors.identity.encoder import content_key
+    from preprocessors.photo_key import photo_key
 
     image = Image.fromarray((np.random.RandomState(5).rand(512, 512, 3) * 255).astype(np.uint8))
-    result["warm_cache_key_ms_cpu"] = timed(lambda: content_key(image, 0, False), "cpu", iters)
+    result["warm_cache_key_ms_cpu"] = timed(lambda: photo_key(image, 0, False), "cpu", iters)
     return result
 
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..photo_key import photo_key
 from .assets import HeadAssets
 from .codes import DEFAULT_MODES, apply_manual, mix_codes
 from .crop import box_from_landmarks, crop_face
@@ -70,11 +70,7 @@ class HeadHint:
 
 
 def _photo_key(image: Image.Image, landmarks) -> str:
-    digest = hashlib.sha256(np.asarray(image.convert("RGB")).tobytes())
-    digest.update(repr(image.size).encode())
-    if landmarks is not None:
-        digest.update(np.asarray(landmarks, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+    return photo_key(image, None if landmarks is None else np.asarray(landmarks, dtype=np.float64).tobytes())
 
 
 class HeadPipeline:

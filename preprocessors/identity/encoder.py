@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..photo_key import photo_key
 from . import weights
 from .clip_vision import build_clip_vision, clip_pixel_values, clip_tokens
 from .face_parsing import load_parsing_model, paint_face_only, parse_face
@@ -69,12 +69,6 @@ def sharpness(image: Image.Image, box: tuple[float, float, float, float] | None)
         face = face.crop((max(0, x0), max(0, y0), max(x0 + 1, x1), max(y0 + 1, y1)))
     gray = np.asarray(face.resize((224, 224), Image.BICUBIC), dtype=np.float32)  # same scale for every photo
     return float(cv2.Laplacian(gray, cv2.CV_32F).var())
-
-
-def content_key(image: Image.Image, *options) -> str:
-    digest = hashlib.sha256(np.asarray(image).tobytes())
-    digest.update(repr((image.size, options)).encode())
-    return digest.hexdigest()
 
 
 class IdentityEncoder:
@@ -177,7 +171,7 @@ class IdentityEncoder:
         results = []
         try:
             for image in images:
-                key = content_key(image, face_index, allow_whole_image, self._fingerprint())
+                key = photo_key(image, face_index, allow_whole_image, self._fingerprint())
                 if key in self.cache:
                     self.cache.move_to_end(key)
                     results.append(self.cache[key])
