@@ -231,13 +231,8 @@ def _preview_ui(*values):
 
 
 def _preview(unit, width: int, height: int) -> dict:
-    from caphuman_ext.unit.builder import manual_head
-
-    head = builder().head_pipeline(devices.device)
-    manual = None if unit.pose_image is not None else manual_head(unit)
-    result = head.render(unit.reference_images[0], unit.pose_image, unit.modes, width, height, unit.resize_mode,
-                         manual)
-    return head.preview(result, unit.pose_image, unit.resize_mode)
+    result = builder().render(unit, width, height, devices.device)
+    return builder().head_pipeline(devices.device).preview(result, unit.pose_image, unit.resize_mode)
 
 
 def _on_ui_settings():

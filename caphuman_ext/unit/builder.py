@@ -13,7 +13,8 @@ from caphuman_ext.capface import CapFace
 from caphuman_ext.checkpoint import load_capface
 from caphuman_ext.control import CapFaceControl
 from preprocessors.head.assets import HeadAssets
-from preprocessors.head.pipeline import HeadPipeline, ManualHead
+from preprocessors.head.codes import DEFAULT_MODES
+from preprocessors.head.pipeline import HeadHint, HeadPipeline, ManualHead
 from preprocessors.identity import IdentityEncoder, IdentityModelPaths
 
 from .models import list_capface_models
@@ -76,12 +77,14 @@ class UnitBuilder:
         self.head.device = device
         return self.head
 
-    def hint(self, unit: UnitParams, width: int, height: int, device: torch.device) -> torch.Tensor:
-        head = self.head_pipeline(device)
+    def render(self, unit: UnitParams, width: int, height: int, device: torch.device) -> HeadHint:
+        """The unit's head at W×H: posed by its pose photo, else by its sliders."""
         manual = None if unit.pose_image is not None else manual_head(unit)
-        result = head.render(unit.reference_images[0], unit.pose_image, unit.modes or ("position", "pose"), width,
-                             height, unit.resize_mode, manual)
-        return result.hint
+        return self.head_pipeline(device).render(unit.reference_images[0], unit.pose_image,
+                                                 unit.modes or DEFAULT_MODES, width, height, unit.resize_mode, manual)
+
+    def hint(self, unit: UnitParams, width: int, height: int, device: torch.device) -> torch.Tensor:
+        return self.render(unit, width, height, device).hint
 
     def build(self, unit: UnitParams, width: int, height: int, device: torch.device) -> BuiltUnit:
         path = self.model_path(unit.model)
