@@ -104,11 +104,6 @@ class CapFaceControl:
         return (id(self), id(self.capface), self.strength, self.drop_identity_above_t, self._generation,
                 self._hint_cache.key if self._hint_cache else None, self.context._version)
 
-    def hint_features(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hint features, sigmoid head mask at latent size), cached per hint."""
-        cache = self._hint_state(device, dtype)
-        return cache.features, cache.mask
-
     def identity(self, timesteps: torch.Tensor, dtype: torch.dtype,
                  rows: torch.Tensor | None = None) -> torch.Tensor:
         """Identity context per row, zeroed where t > tau (the reference's `drop_control_cond_t`)."""

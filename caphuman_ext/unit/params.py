@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from preprocessors.head.codes import MODES
@@ -46,14 +46,6 @@ class UnitParams:
     light_pitch: float = 0.0
     light_strength: float = 0.0  # 0: the photo's own light
     more_reference_images: list = field(default_factory=list)  # the UI's extra photos of the same person
-
-    def to_dict(self, with_images: bool = False) -> dict:
-        data = asdict(self)
-        if not with_images:
-            for name in ("reference_images", "more_reference_images", "pose_image"):
-                data.pop(name)
-        data["modes"] = list(self.modes)
-        return data
 
 
 FIELD_ORDER = [f.name for f in fields(UnitParams)]
