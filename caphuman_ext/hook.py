@@ -163,13 +163,13 @@ class UNetHook:
             if self.graphs is not None:
                 for control in active:
                     control.prepare(x)  # per-hint work stays outside the graph
-            key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
-                   None if reps is None else tuple(self.row_sources),
-                   tuple(control.graph_key() for control in active))
 
             def run() -> list[torch.Tensor]:
                 if self.graphs is None:
                     return compute(x, timesteps)
+                key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
+                       None if reps is None else tuple(self.row_sources),
+                       tuple(control.graph_key() for control in active))
                 return self.graphs.run(key, compute, x, timesteps)
 
             if not (self.overlap and x.is_cuda):
