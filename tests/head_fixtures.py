@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from tests.conftest import run_shared_generator
+
 
 @pytest.fixture(scope="session")
 def deca_assets(parity_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("deca_assets")
-    subprocess.run([sys.executable, str(parity_dir / "make_synthetic_deca.py"), str(out)], check=True,
-                   capture_output=True)
-    return out
+    return run_shared_generator(parity_dir, "make_synthetic_deca.py", tmp_path_factory.mktemp("deca_assets"))
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,14 +12,12 @@ from safetensors.torch import load_file
 
 from preprocessors import identity as ident
 from preprocessors.identity import weights
+from tests.conftest import run_shared_generator
 
 
 @pytest.fixture(scope="session")
 def synthetic(parity_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("identity_models")
-    subprocess.run([sys.executable, str(parity_dir / "make_synthetic_identity.py"), str(out)], check=True,
-                   capture_output=True)
-    return out
+    return run_shared_generator(parity_dir, "make_synthetic_identity.py", tmp_path_factory.mktemp("identity_models"))
 
 
 @pytest.fixture(scope="session")
