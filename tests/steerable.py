@@ -163,6 +163,28 @@ def steerable_capface(model: CapFaceConfig | nn.Module | Mapping, clip_token_dim
     return capface.eval().requires_grad_(False)
 
 
+def sphere_hint(width: int, height: int, center_x: float = 0.5, center_y: float = 0.5, radius: float = 0.25,
+                yaw: float = 0.0) -> torch.Tensor:
+    """A quick stand-in for a rendered head (no DECA): a sphere of `radius` x height at canvas fractions
+    (center_x, center_y), turned by `yaw` degrees, as a (1, 9, height, width) `cat([normal, albedo, shading])` with
+    unit normals on the sphere and zeros off it, like the head renderer's. Its coverage is `hint_coverage`."""
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    dx = (xs - center_x * width) / (radius * height)
+    dy = (ys - center_y * height) / (radius * height)
+    inside = (dx**2 + dy**2 < 1).float()
+    dz = -(1 - (dx**2 + dy**2).clamp(max=1)).sqrt()  # towards the camera, as the renderer's normals
+    angle = torch.tensor(yaw * torch.pi / 180)
+    normal = torch.stack([dx * angle.cos() + dz * angle.sin(), dy, -dx * angle.sin() + dz * angle.cos()]) * inside
+    albedo = torch.stack([0.6 + 0.2 * normal[0], 0.5 + 0.2 * normal[1], torch.full_like(dx, 0.4)]) * inside
+    shading = albedo * (0.4 + 0.6 * (-normal[2]).clamp_min(0))
+    return torch.cat([normal, albedo, shading])[None]
+
+
+def hint_coverage(hint: torch.Tensor) -> torch.Tensor:
+    """Per-pixel head coverage of a hint (1 where its normal is non-zero): (B, 1, H, W)."""
+    return (hint[:, :3].abs().sum(1, keepdim=True) > 0).to(hint.dtype)
+
+
 def save_steerable_checkpoint(path: str | Path, unet_config: CapFaceConfig | nn.Module | Mapping | None = None,
                               clip_vision: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Write a steerable CapFace as `caphuman.ckpt` lays it out (`control_model.*`, `id_linear.*`, `img_linear.*`,

@@ -17,7 +17,7 @@ from preprocessors.head.assets import HeadAssets
 from preprocessors.head.pipeline import HeadPipeline, ManualHead
 from tests.core_helpers import random_capface, tiny_unet
 from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.steerable import capface_config_for, save_steerable_checkpoint, steerable_capface
+from tests.steerable import capface_config_for, hint_coverage, save_steerable_checkpoint, sphere_hint, steerable_capface
 
 PIXELS = 128  # hint size; the latent is 16x16
 LATENT = PIXELS // 8
@@ -162,6 +162,23 @@ def test_identity_changes_the_residuals_inside_the_head_only(render, unet, capfa
     head = head_region(result)
     assert differ[head].max() > 1e-4
     assert torch.count_nonzero(differ[~head]) == 0
+
+
+@pytest.mark.parametrize("yaw", [-40, 40])
+def test_sphere_stand_in_at_an_odd_size(capface, inputs, yaw):
+    # the quick DECA-free hint: 136x96 pixels, a 17x12 latent
+    hint = sphere_hint(136, 96, center_x=0.35, center_y=0.5, radius=0.3, yaw=yaw)
+    _, mask = capface.hint_features(hint)
+    coverage = F.avg_pool2d(hint_coverage(hint), 8)[0, 0]
+    got = hard_mask(mask, (12, 17))[0, 0] > 0
+    assert (got != (coverage > 0.5)).sum() <= 2
+    x = torch.randn(1, 4, 12, 17, generator=torch.Generator().manual_seed(1))
+    context = capface.identity_context(inputs[3], inputs[4])
+    first = caphuman_ext.CapFaceControl(capface, hint=hint, context=context).residuals(x, inputs[1])[0][0]
+    turned = sphere_hint(136, 96, center_x=0.35, center_y=0.5, radius=0.3, yaw=-yaw)
+    second = caphuman_ext.CapFaceControl(capface, hint=turned, context=context).residuals(x, inputs[1])[0][0]
+    assert torch.count_nonzero(first.abs().sum(0)[coverage == 0]) == 0
+    assert (first - second).abs().sum(0)[coverage > 0.5].mean() > 0.1
 
 
 def test_checkpoint_loads_as_the_same_network(tmp_path, unet):
