@@ -31,7 +31,7 @@ from caphuman_ext import CapFace, CapFaceConfig, derive_config
 from caphuman_ext.checkpoint import CONFIG_METADATA_KEY
 
 SHIFT = 16.0  # carries signed values through SiLU: silu(x + SHIFT) = x + SHIFT for x >= -1
-NORMAL_GAIN = 50.0  # silu(g n) + silu(-g n) = |g n| for normal components |n| >= 0.1
+NORMAL_GAIN = 50.0  # silu(g n) + silu(-g n) = g |n| tanh(g |n| / 2) ≈ g |n| for |n| >= 0.1
 EDGE_GAIN = 40.0  # min(2 |n|_1, 1) as (silu(g s) - silu(g (s - 1))) / g
 COVERAGE_GAIN = 2.0
 HINT_GAIN = 2.0
