@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from preprocessors import identity as ident
 from preprocessors.identity import weights
-from tests.conftest import run_shared_generator
+from tests.conftest import assert_within_float32_noise, float32_noise, run_shared_generator
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +47,33 @@ def encoder(synthetic):
 
 
 def test_face_parsing_matches_reference(synthetic, photo, reference):
+    """Labels are an argmax: where two classes' logits are within float32 noise, another machine may pick either."""
     assert np.array_equal(np.asarray(photo), reference["input.image"].numpy())
     model = ident.load_parsing_model(synthetic / "79999_iter.pth")
     labels = ident.parse_face(model, photo)
-    assert np.array_equal(labels, reference["parse.labels"].numpy())
+    logits = parsing_logits(model, photo)
+    assert_within_float32_noise(logits[:, :, 192:320, 192:320], reference["parse.logits_center128"],
+                                scale=logits.abs().max().item(), what="parsing logits")
+    top2 = logits[0].topk(2, dim=0)
+    tie = (top2.values[0] - top2.values[1] <= float32_noise(logits.abs().max().item())).numpy()
+    expected = reference["parse.labels"].numpy()
+    runner_up = top2.indices[1].numpy()
+    assert np.array_equal(labels[~tie], expected[~tie])
+    assert ((labels == expected) | (runner_up == expected))[tie].all()
+    assert tie.mean() < 1e-3  # a few pixels on class borders
     face_only = np.asarray(ident.paint_face_only(photo, labels))
-    assert np.array_equal(face_only, reference["parse.face_only"].numpy())
+    same = labels == expected
+    assert np.array_equal(face_only[same], reference["parse.face_only"].numpy()[same])
+
+
+def parsing_logits(model, photo) -> torch.Tensor:
+    """BiSeNet's first output, (1, 19, H, W), with parse_face's preprocessing."""
+    from preprocessors.identity.face_parsing import IMAGENET_MEAN, IMAGENET_STD
+
+    pixels = torch.from_numpy(np.array(photo, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    with torch.no_grad():
+        return model(((pixels - mean) / std)[None])[0]
 
 
 def test_white_painting_is_the_class_mask(photo, reference):
