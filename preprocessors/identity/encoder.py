@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..photo_key import photo_key
 from . import weights
+from .clip_files import ClipSearch, locate_clip_vision, read_clip_vision
 from .clip_vision import build_clip_vision, clip_pixel_values, clip_tokens
 from .face_parsing import load_parsing_model, paint_face_only, parse_face
 from .facenet import (
@@ -34,9 +35,11 @@ EXTENSION_MODELS = Path(__file__).resolve().parents[2] / "models"
 class IdentityModelPaths:
     """Where the identity models come from.
 
-    clip_vision: a state dict keyed `vision_model.*`, or a file read with `caphuman_ext.read_clip_vision_state_dict`
-    (caphuman.ckpt or the converter's output). face_parsing / facenet: explicit files, else searched in `folders`
-    and downloaded into the first one on first use when `allow_download`.
+    clip_vision: a state dict keyed `vision_model.*`, or the CapHuman file (caphuman.ckpt or the converter's output);
+    when that file holds no CLIP tower, it is looked for as `clip_files` documents: `folders`, sd-webui-controlnet's
+    `annotator_dirs` (see `clip_files.controlnet_annotator_dirs`), the Hugging Face cache, then a download.
+    face_parsing / facenet: explicit files, else searched in `folders` and downloaded into the first one on first
+    use when `allow_download`.
     """
 
     clip_vision: Mapping[str, torch.Tensor] | str | Path | None = None
@@ -44,6 +47,8 @@ class IdentityModelPaths:
     facenet: str | Path | None = None
     folders: list[Path] = field(default_factory=lambda: [EXTENSION_MODELS])
     allow_download: bool = True
+    annotator_dirs: list[Path] = field(default_factory=list)
+    hub_caches: list[Path] | None = None  # None: the Hugging Face caches the environment names
 
 
 @dataclass
@@ -95,19 +100,12 @@ class IdentityEncoder:
 
     def _clip_state(self) -> Mapping[str, torch.Tensor]:
         source = self.paths.clip_vision
-        if source is None:
-            raise weights.ModelFileMissingError(
-                "no CLIP ViT-L/14 vision weights: CapHuman keeps them inside caphuman.ckpt "
-                "(control_cond_stage_model.transformer.*); select that file or its converted .safetensors")
         if isinstance(source, Mapping):
             return source
-        from caphuman_ext import read_clip_vision_state_dict
-
-        state = read_clip_vision_state_dict(source)
-        if state is None:
-            raise weights.ModelFileMissingError(f"{source} holds no CLIP vision tower (control_cond_stage_model."
-                                                "transformer.* or clip_vision.*)")
-        return state
+        search = ClipSearch(Path(source) if source is not None else None, [Path(f) for f in self.paths.folders],
+                            [Path(f) for f in self.paths.annotator_dirs], self.paths.hub_caches,
+                            self.paths.allow_download)
+        return read_clip_vision(locate_clip_vision(search))
 
     def _models(self):
         if self._parser is None:
