@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import CONFIG_METADATA_KEY, CheckpointError, clip_vision_from_state, split_capface_state
-from .config import derive_config
+from .config import ConfigError, derive_config
 from .safe_load import WeightFileError, load_state_dict
 
 
@@ -28,7 +28,10 @@ def convert(source: str | Path, target: str | Path, half: bool = False) -> dict[
     except WeightFileError as error:
         raise CheckpointError(str(error)) from error
     capface = split_capface_state(state, source.name)
-    config = derive_config(capface)
+    try:
+        config = derive_config(capface)
+    except (ConfigError, IndexError) as error:
+        raise CheckpointError(f"{source.name}: cannot read the CapFace architecture from its weights: {error}") from error
     vision = clip_vision_from_state(state) or {}
     out = dict(capface)
     out.update({f"clip_vision.{k}": v for k, v in vision.items()})
