@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import CONFIG_METADATA_KEY, CheckpointError, clip_vision_from_state, split_capface_state
-from .config import derive_config
+from .config import ConfigError, derive_config
 from .safe_load import WeightFileError, load_state_dict
 
 
@@ -33,7 +33,10 @@ def convert(source: str | Path, target: str | Path, half: bool = False, clip_sea
     except WeightFileError as error:
         raise CheckpointError(str(error)) from error
     capface = split_capface_state(state, source.name)
-    config = derive_config(capface)
+    try:
+        config = derive_config(capface)
+    except (ConfigError, IndexError) as error:
+        raise CheckpointError(f"{source.name}: cannot read the CapFace architecture from its weights: {error}") from error
     vision = clip_vision_from_state(state) or {}
     if not vision and clip_search is not None:
         from preprocessors.identity.clip_files import ClipVisionFile, find_clip_vision, read_clip_vision

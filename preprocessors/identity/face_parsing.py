@@ -18,7 +18,9 @@ def load_parsing_model(path: str | Path, device: torch.device | str = "cpu") -> 
     """facexlib's `BiSeNet(num_class=19)`, which has exactly the key layout of `79999_iter.pth`; loaded strictly."""
     from facexlib.parsing.bisenet import BiSeNet
 
-    state = torch.serialization.load(path, map_location="cpu", weights_only=True)
+    from caphuman_ext.safe_load import load_pickled_weights
+
+    state = load_pickled_weights(path)  # no pickled code runs; sizes bounded by the file
     model = BiSeNet(num_class=19)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval().requires_grad_(False)

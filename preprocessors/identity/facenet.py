@@ -41,7 +41,9 @@ def load_facenet(path: str | Path, device: torch.device | str = "cpu") -> torch.
     from facenet_pytorch import InceptionResnetV1
 
     model = InceptionResnetV1(pretrained=None, classify=False)
-    state = torch.serialization.load(path, map_location="cpu", weights_only=True)
+    from caphuman_ext.safe_load import load_pickled_weights
+
+    state = load_pickled_weights(path)  # no pickled code runs; sizes bounded by the file
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")}, strict=True)
     return model.to(device).eval().requires_grad_(False)
 
