@@ -176,3 +176,14 @@ def test_unit_passes_face_index_and_whole_photo_to_the_head(deca_assets, two_peo
     whole = unit_from_dict({"enabled": True, "reference_images": [noise], "allow_whole_image": True})
     hint = builder.hint(whole, 96, 64, cpu)
     assert hint.shape == (1, 9, 64, 96) and torch.isfinite(hint).all() and hint[:, :3].abs().sum() > 0
+
+
+def test_one_face_region_stops_at_the_other_face():
+    from preprocessors.identity.face_parsing import one_face_region
+
+    big, small = (10.0, 10.0, 50.0, 50.0), (60.0, 20.0, 80.0, 40.0)  # centres (30, 30) and (70, 30), sizes 40, 20
+    region = one_face_region((100, 120), [big, small], big)
+    assert region[30, 30] and not region[30, 70] and not region[95, 30]  # own centre; the other face; beyond reach
+    # along the line between the centres the border lies where the size-normalised distances are equal: x = 56.67
+    assert region[30, 55] and not region[30, 58]
+    assert one_face_region((100, 120), [big, small], small)[30, 58]

@@ -59,12 +59,20 @@ def one_face_region(shape: tuple[int, int], boxes: list[Box], chosen: Box, reach
     A pixel belongs to it when it lies within `reach` face sizes of its centre (a square of side 2·reach·size,
     forehead and chin included) and no other face's centre is nearer, distances in units of each face's size.
     """
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32) + 0.5
+    x0, y0, x1, y1 = chosen
+    half = reach * max(x1 - x0, y1 - y0)
+    top, bottom = max(0, int(np.floor((y0 + y1) / 2 - half))), min(shape[0], int(np.ceil((y0 + y1) / 2 + half)) + 1)
+    left, right = max(0, int(np.floor((x0 + x1) / 2 - half))), min(shape[1], int(np.ceil((x0 + x1) / 2 + half)) + 1)
+    region = np.zeros(shape, dtype=bool)
+    if top >= bottom or left >= right:
+        return region
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float32) + 0.5  # only the square around the chosen face
     own = _chebyshev(chosen, xs, ys)
-    region = own <= reach
+    inside = own <= reach
     for box in boxes:
         if tuple(box) != tuple(chosen):
-            region &= own <= _chebyshev(box, xs, ys)
+            inside &= own <= _chebyshev(box, xs, ys)
+    region[top:bottom, left:right] = inside
     return region
 
 
