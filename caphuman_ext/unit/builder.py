@@ -82,7 +82,9 @@ class UnitBuilder:
         """The unit's head at W×H: posed by its pose photo, else by its sliders."""
         manual = None if unit.pose_image is not None else manual_head(unit)
         return self.head_pipeline(device).render(unit.reference_images[0], unit.pose_image,
-                                                 unit.modes or DEFAULT_MODES, width, height, unit.resize_mode, manual)
+                                                 unit.modes or DEFAULT_MODES, width, height, unit.resize_mode, manual,
+                                                 face_index=unit.face_index,
+                                                 allow_whole_image=unit.allow_whole_image)
 
     def hint(self, unit: UnitParams, width: int, height: int, device: torch.device) -> torch.Tensor:
         return self.render(unit, width, height, device).hint

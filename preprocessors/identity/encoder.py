@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,19 +10,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cache import MB, ByteLRU
 from ..photo_key import photo_key
 from . import weights
 from .clip_files import ClipSearch, locate_clip_vision, read_clip_vision
 from .clip_vision import build_clip_vision, clip_pixel_values, clip_tokens
-from .face_parsing import load_parsing_model, paint_face_only, parse_face
+from .face_parsing import face_window, keep_one_face, load_parsing_model, paint_face_only, parse_face
 from .facenet import (
     FaceDetection,
-    detect_faces,
+    choose_face,
     face_crop,
     face_embedding,
     load_face_detector,
     load_facenet,
-    pick_face,
     whole_image_crop,
 )
 from .image_io import load_image
@@ -57,8 +56,8 @@ class Identity:
 
     clip_tokens: torch.Tensor  # (1, 257, 1024) CLIP ViT-L/14 last_hidden_state of the face-only image
     face_embedding: torch.Tensor  # (1, 1, 512) L2-normalised FaceNet embedding
-    face_only: Image.Image  # the photo with background/hair/ears/neck/clothes painted white
-    parsing: np.ndarray  # (H, W) BiSeNet labels
+    face_only: Image.Image  # CLIP's input: the photo with all but the face painted white (see `_encode_one`)
+    parsing: np.ndarray  # (H, W) BiSeNet labels of the photo (other people's faces set to 0)
     face_box: tuple[float, float, float, float] | None  # the face used, None for the whole-image fallback
     faces: list[FaceDetection]  # every face found in that photo, largest first
     photos: int = 1  # how many photos were combined
@@ -77,16 +76,19 @@ def sharpness(image: Image.Image, box: tuple[float, float, float, float] | None)
 
 
 class IdentityEncoder:
-    """Photos -> `Identity`. Models load on first use; `offload=True` moves them to the CPU after each call."""
+    """Photos -> `Identity`. Models load on first use; `offload=True` moves them to the CPU after each call.
+
+    Results are cached by photo content, at most `cache_size` photos and `cache_bytes` bytes of tensors and images.
+    """
 
     def __init__(self, paths: IdentityModelPaths | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, offload: bool = False, cache_size: int = 16) -> None:
+                 dtype: torch.dtype = torch.float32, offload: bool = False, cache_size: int = 16,
+                 cache_bytes: int = 256 * MB) -> None:
         self.paths = paths or IdentityModelPaths()
         self.device = torch.device(device)
         self.dtype = dtype
         self.offload_after_use = offload
-        self.cache: OrderedDict[str, Identity] = OrderedDict()
-        self.cache_size = cache_size
+        self.cache: ByteLRU[Identity] = ByteLRU(cache_bytes, cache_size)
         self._parser = self._detector = self._facenet = self._clip = None
 
     # models ------------------------------------------------------------------------------------------------
@@ -144,18 +146,25 @@ class IdentityEncoder:
 
     # encoding ----------------------------------------------------------------------------------------------
     def _encode_one(self, image: Image.Image, face_index: int, allow_whole_image: bool) -> Identity:
+        """One photo. With one face (or none) exactly the reference: the whole photo parsed and painted, CLIP's
+        centre crop of it, FaceNet on the face (or the whole photo). With several faces, the face chosen by
+        `face_index` (the one the head stage fits too) everywhere: parsing labels kept only in its region
+        (`keep_one_face`), and CLIP sees the min(W, H) square centred on it (`face_window`)."""
         parser, detector, facenet, clip = self._models()
+        choice = choose_face(image, face_index, allow_whole_image, detector)
         labels = parse_face(parser, image)
-        face_only = paint_face_only(image, labels)
+        if len(choice.faces) > 1:
+            labels = keep_one_face(labels, [f.box for f in choice.faces], choice.face.box)
+            face_only = paint_face_only(image, labels).crop(face_window(image.size, choice.face.box))
+        else:
+            face_only = paint_face_only(image, labels)
         tokens = clip_tokens(clip, clip_pixel_values(face_only)).float().cpu()
-        faces = detect_faces(detector, image)
-        if faces or not allow_whole_image:
-            face = pick_face(faces, face_index)
-            crop, box = face_crop(image, face), face.box
+        if choice.face is not None:
+            crop, box = face_crop(image, choice.face), choice.face.box
         else:
             crop, box = whole_image_crop(image), None
         embedding = face_embedding(facenet, crop).float().cpu()
-        return Identity(tokens, embedding, face_only, labels, box, faces)
+        return Identity(tokens, embedding, face_only, labels, box, list(choice.faces))
 
     def encode(self, photos, face_index: int = 0, allow_whole_image: bool = False) -> Identity:
         """Identity of one photo, or of several photos of the same person (FaceNet embeddings averaged and
@@ -170,14 +179,9 @@ class IdentityEncoder:
         try:
             for image in images:
                 key = photo_key(image, face_index, allow_whole_image, self._fingerprint())
-                if key in self.cache:
-                    self.cache.move_to_end(key)
-                    results.append(self.cache[key])
-                    continue
-                identity = self._encode_one(image, face_index, allow_whole_image)
-                self.cache[key] = identity
-                while len(self.cache) > self.cache_size:
-                    self.cache.popitem(last=False)
+                identity = self.cache.get(key)
+                if identity is None:
+                    identity = self.cache.put(key, self._encode_one(image, face_index, allow_whole_image))
                 results.append(identity)
         finally:
             if self.offload_after_use:
