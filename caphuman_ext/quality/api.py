@@ -42,12 +42,12 @@ def parse_request(payload: dict) -> tuple[Image.Image, list, bool]:
         raise UnitValidationError(unknown[0], "unknown field (known: image, units, unit, overlay)")
     if not payload.get("image"):
         raise UnitValidationError("image", "the generated image (base64) is required")
-    image = decode_image(payload["image"], "image")
     units = payload.get("units", [payload["unit"]] if "unit" in payload else None)
     if not isinstance(units, list) or not units:
         raise UnitValidationError("units", "a non-empty list of unit objects is required")
     if len(units) > MAX_UNITS:
         raise UnitValidationError("units", f"at most {MAX_UNITS} units")
+    image = decode_image(payload["image"], "image")
     parsed = []
     for index, unit in enumerate(units):
         try:
