@@ -45,7 +45,7 @@ class RunResult:
     table: Path
     summary: Path
     generated: int
-    skipped: int
+    skipped: int  # already in the table before this run
     failed: int
 
 
@@ -87,13 +87,14 @@ def run(config: RunConfig) -> RunResult:
 
     grid = list(protocol.jobs(identities, prompts, conditions, config.seeds, config.strengths, config.pose_only))
     todo = [job for job in grid if job.key not in done]
+    skipped = len(grid) - len(todo)
     if config.limit is not None:
         todo = todo[: config.limit]
     photos = {i.name: [protocol.b64_image(p) for p in i.photos] for i in identities}
     by_name = {c.name: c for c in conditions}
     pose_photos = {c.name: protocol.b64_image(c.pose_photo) for c in conditions if c.pose_photo is not None}
 
-    bar = _progress(len(todo), config.progress, len(grid) - len(todo))
+    bar = _progress(len(todo), config.progress, skipped)
     generated = failed = 0
     try:
         for job in todo:
@@ -125,7 +126,7 @@ def run(config: RunConfig) -> RunResult:
         if bar is not None:
             bar.close()
         write_summary(csv_path, md_path)
-    return RunResult(csv_path, md_path, generated, len(grid) - len(todo), failed)
+    return RunResult(csv_path, md_path, generated, skipped, failed)
 
 
 def write_summary(csv_path: Path, md_path: Path) -> None:

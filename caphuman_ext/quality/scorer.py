@@ -47,9 +47,13 @@ class Scorer:
     """Holds the scoring models: MTCNN + FaceNet (vggface2) and the head pipeline of a `UnitBuilder` (share the
     webui's builder to reuse its DECA models and its cached hints)."""
 
-    def __init__(self, folders: list[Path] | None = None, device: torch.device | str = "cpu",
+    def __init__(self, folders: list[Path] | None = None, device: torch.device | str | None = None,
                  builder: UnitBuilder | None = None, allow_download: bool = True, cache_size: int = 32) -> None:
+        """device: where the models run; by default the shared builder's head device (moving a shared builder's
+        models elsewhere would cost the next generation a transfer), else the CPU."""
         self.builder = builder or UnitBuilder(folders or model_folders(), allow_download=allow_download)
+        if device is None:
+            device = self.builder.head.device if self.builder.head is not None else "cpu"
         self.device = torch.device(device)
         self.cache_size = cache_size
         self.references: OrderedDict[str, torch.Tensor] = OrderedDict()
