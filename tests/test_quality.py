@@ -149,6 +149,29 @@ def test_pose_photo_of_the_reference_targets_the_identity_codes(scorer, astronau
     assert all(torch.equal(target[k], own[k]) for k in ("shape", "exp", "pose", "light", "cam"))
 
 
+def test_target_mixes_the_pose_photo_per_mode_like_the_hint(scorer, astronaut, cameraman):
+    from caphuman_ext.quality.target import target_head
+
+    head = scorer.builder.head_pipeline(scorer.device)
+    own, other = head.photo_codes(astronaut).codes, head.photo_codes(cameraman).codes
+    unit = lambda modes: unit_from_dict({"enabled": True, "reference_images": [astronaut],  # noqa: E731
+                                         "pose_image": cameraman, "modes": modes})
+    posed = target_codes(head, unit(["pose"]))
+    assert torch.equal(posed["pose"][:, :3], other["pose"][:, :3]) and torch.equal(posed["pose"][:, 3:],
+                                                                                  own["pose"][:, 3:])
+    assert torch.equal(posed["shape"], own["shape"]) and torch.equal(posed["exp"], own["exp"])
+    expressive = target_codes(head, unit(["expression"]))
+    assert torch.equal(expressive["exp"], other["exp"]) and torch.equal(expressive["pose"][:, 3:],
+                                                                        other["pose"][:, 3:])
+    assert torch.equal(expressive["pose"][:, :3], own["pose"][:, :3])
+    lit = target_codes(head, unit(["lighting"]))
+    assert torch.equal(lit["light"], other["light"]) and torch.equal(lit["pose"], own["pose"])
+    default = target_codes(head, unit([]))  # no mode = the default modes (position, pose), as the hint
+    assert torch.equal(default["pose"][:, :3], other["pose"][:, :3]) and torch.equal(default["cam"], other["cam"])
+    target = target_head(scorer.builder, unit(["pose"]), 256, 192, scorer.device)
+    assert target.hint is scorer.builder.render(unit(["pose"]), 256, 192, scorer.device)  # the generation's hint
+
+
 def test_scores_are_deterministic_and_drop_when_the_image_turns(scorer, astronaut):
     turned = astronaut.rotate(20, resample=Image.BICUBIC, center=(224, 117))  # about the face's centre
     first = scorer.score(turned, identity_head(astronaut), overlay=False).faces[0]
