@@ -63,6 +63,18 @@ def generate(route: str, payload: dict) -> tuple[list[np.ndarray], dict]:
     return [decode(image) for image in body["images"]], json.loads(body["info"])
 
 
+_PLAIN: dict[str, list[np.ndarray]] = {}
+
+
+def plain_images(route: str, payload: dict) -> list[np.ndarray]:
+    """A plain generation, made once per payload in this test session (the CPU is slow; each case re-runs its plain
+    generation after CapHuman and compares it with this one)."""
+    key = route + json.dumps(payload, sort_keys=True)
+    if key not in _PLAIN:
+        _PLAIN[key] = generate(route, payload)[0]
+    return _PLAIN[key]
+
+
 def with_scripts(payload: dict, units: list[dict] = (), probe: bool = False) -> dict:
     scripts = {}
     if units:
@@ -112,7 +124,7 @@ def caphuman_case(route: str, payload: dict, units: list[dict], model: str, regi
     """Plain, CapHuman, plain again: CapHuman changed every image and the plain runs are bit-identical.
     `region(image_index, shape)` gives the head mask for an image (None: no head-region assertion)."""
     units = [{**u, "model": model} for u in units]
-    before, _ = generate(route, with_scripts(payload))
+    before = plain_images(route, with_scripts(payload))
     steered, info = generate(route, with_scripts(payload, units))
     after, _ = generate(route, with_scripts(payload))
     assert [a.shape for a in steered] == [b.shape for b in before]
@@ -169,7 +181,7 @@ def test_batch_images_match_single_generations(photo, model_name):
     """Image 2 of a batch of 2 (seed 1235) equals a batch-of-1 generation of seed 1235, with CapHuman as without
     (to float noise: batched and single matmuls may round differently)."""
     unit = {"enabled": True, "reference_images": [photo], "model": model_name}
-    batch_plain, _ = generate("txt2img", with_scripts({**BASE, "batch_size": 2}))
+    batch_plain = plain_images("txt2img", with_scripts({**BASE, "batch_size": 2}))
     single_plain, _ = generate("txt2img", with_scripts({**BASE, "seed": 1235}))
     batch, _ = generate("txt2img", with_scripts({**BASE, "batch_size": 2}, [unit]))
     single, _ = generate("txt2img", with_scripts({**BASE, "seed": 1235}, [unit]))
@@ -182,7 +194,7 @@ def test_batch_images_match_single_generations(photo, model_name):
 def test_moving_the_head_moves_the_change(photo, model_name):
     if model_name != STEERABLE:
         pytest.skip("needs the steerable CapFace")
-    plain, _ = generate("txt2img", with_scripts(BASE))
+    plain = plain_images("txt2img", with_scripts(BASE))
     centres = []
     for x in (0.3, 0.7):
         unit = {"enabled": True, "reference_images": [photo], "model": model_name, "center_x": x, "scale": 0.35}
@@ -272,12 +284,12 @@ def test_prompt_matrix_with_different_sub_prompt_counts(photo, model_name):
                "script_name": "prompt matrix", "script_args": [False, False, "positive", "comma", 0]}
     result = caphuman_case("txt2img", payload, [unit], model_name)
     images = [image for image in result["steered"] if image.shape == (128, 128, 3)]  # without the grid
-    plain_images = [image for image in result["before"] if image.shape == (128, 128, 3)]
+    plain_cells = [image for image in result["before"] if image.shape == (128, 128, 3)]
     assert len(images) == 2
     alone = {**BASE, "prompt": "a portrait photo, red hair AND blue eyes"}
     alone_plain, _ = generate("txt2img", with_scripts(alone))
     alone_steered, _ = generate("txt2img", with_scripts(alone, result["units"]))
-    noise = changed(plain_images[1], alone_plain[0]).max()
+    noise = changed(plain_cells[1], alone_plain[0]).max()
     assert noise <= 6, noise
     assert changed(images[1], alone_steered[0]).max() <= max(6, 2 * noise)
 
@@ -289,7 +301,7 @@ def test_xyz_plot_strength_axis(photo, model_name):
     script_args = [axis, "0, 0.5, 1.5", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
     payload = {**BASE, "script_name": "x/y/z plot", "script_args": script_args}
     unit = {"enabled": True, "reference_images": [photo], "model": model_name}
-    plain, _ = generate("txt2img", with_scripts(BASE))
+    plain = plain_images("txt2img", with_scripts(BASE))
     images, info = generate("txt2img", with_scripts(payload, [unit]))
     cells = [image for image in images if image.shape == (128, 128, 3)]
     assert len(cells) == 3
@@ -314,7 +326,7 @@ def test_bad_payloads_get_422_naming_the_field(unit, field):
 def test_no_face_is_a_readable_error_and_the_next_generation_is_plain():
     from PIL import Image
 
-    plain, _ = generate("txt2img", with_scripts(BASE))
+    plain = plain_images("txt2img", with_scripts(BASE))
     blank = encode(Image.new("RGB", (128, 128), (90, 140, 200)))
     status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [{"enabled": True, "reference_images": [blank]}]))
     assert status >= 400 and "face" in json.dumps(body).lower(), body
@@ -326,7 +338,7 @@ def test_a_capface_that_does_not_fit_the_checkpoint_says_so(photo):
     status, models = call("/caphuman/v1/models")
     if "caphuman_mid.safetensors" not in models["models"]:
         pytest.skip("no caphuman_mid.safetensors (docs/webui-testing/make_mid_controls.py)")
-    plain, _ = generate("txt2img", with_scripts(BASE))
+    plain = plain_images("txt2img", with_scripts(BASE))
     unit = {"enabled": True, "reference_images": [photo], "model": "caphuman_mid.safetensors"}
     status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [unit]))
     text = json.dumps(body)
