@@ -1,6 +1,15 @@
-"""Drive a real AUTOMATIC1111 v1.10.1 over HTTP (see docs/webui_testing.md). Skipped unless CAPHUMAN_WEBUI_DIR is set
-and the webui answers at CAPHUMAN_WEBUI_URL (default http://127.0.0.1:7860) with this extension, a tiny SD1.5
-checkpoint and tiny CapHuman files in models/CapHuman; CAPHUMAN_TEST_PHOTO is a reference photo with a face."""
+"""Drive a real AUTOMATIC1111 v1.10.1 over HTTP (docs/webui_testing.md); every assertion is on decoded pixels.
+
+Skipped unless CAPHUMAN_WEBUI_DIR is set. The webui answers at CAPHUMAN_WEBUI_URL (default http://127.0.0.1:7860)
+with this extension, the test-only `caphuman-probe` extension (docs/webui-testing/caphuman-probe), the tiny
+checkpoints of docs/webui-testing/make_tiny_webui_models.py (tiny-sd15 loaded, tiny-sd15-b, tiny-sd15-inpainting)
+and the tiny CapHuman files in models/CapHuman. CAPHUMAN_TEST_PHOTO is a reference photo with a face (default:
+scikit-image's astronaut).
+
+Every CapHuman case checks the two things a user relies on: CapHuman changed the picture (with the steerable CapFace,
+inside the rendered head region more than outside), and the plain generation right after is bit-identical to the plain
+one before (nothing left behind). Bit-identity holds because both plain runs are on this machine, in one process.
+"""
 
 from __future__ import annotations
 
@@ -11,41 +20,131 @@ import os
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 URL = os.environ.get("CAPHUMAN_WEBUI_URL", "http://127.0.0.1:7860")
 pytestmark = pytest.mark.skipif(not os.environ.get("CAPHUMAN_WEBUI_DIR"), reason="needs CAPHUMAN_WEBUI_DIR")
+
+STEERABLE = "caphuman_steerable.safetensors"
+BASE = {"prompt": "a portrait photo", "negative_prompt": "", "steps": 4, "width": 128, "height": 128, "seed": 1234,
+        "sampler_name": "Euler a", "cfg_scale": 7, "override_settings": {"sd_model_checkpoint": "tiny-sd15"}}
 
 
 def call(path: str, payload: dict | None = None) -> tuple[int, dict]:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(URL + path, data=data, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=900) as response:
+        with urllib.request.urlopen(request, timeout=1800) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        body = error.read() or b"{}"
+        try:
+            return error.code, json.loads(body)
+        except ValueError:
+            return error.code, {"detail": body.decode(errors="replace")}
+
+
+def decode(image: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(image.split(",", 1)[-1]))).convert("RGB"))
+
+
+def encode(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def generate(route: str, payload: dict) -> tuple[list[np.ndarray], dict]:
+    status, body = call(f"/sdapi/v1/{route}", payload)
+    assert status == 200, body
+    return [decode(image) for image in body["images"]], json.loads(body["info"])
+
+
+_PLAIN: dict[str, list[np.ndarray]] = {}
+
+
+def plain_images(route: str, payload: dict) -> list[np.ndarray]:
+    """A plain generation, made once per payload in this test session (the CPU is slow; each case re-runs its plain
+    generation after CapHuman and compares it with this one)."""
+    key = route + json.dumps(payload, sort_keys=True)
+    if key not in _PLAIN:
+        _PLAIN[key] = generate(route, payload)[0]
+    return _PLAIN[key]
+
+
+def with_scripts(payload: dict, units: list[dict] = (), probe: bool = False) -> dict:
+    scripts = {}
+    if units:
+        scripts["CapHuman"] = {"args": list(units)}
+    if probe:
+        scripts["CapHuman probe"] = {"args": [True]}
+    return {**payload, "alwayson_scripts": scripts}
 
 
 @pytest.fixture(scope="module")
 def photo() -> str:
+    from PIL import Image
+
     path = os.environ.get("CAPHUMAN_TEST_PHOTO")
     if path:
-        return base64.b64encode(open(path, "rb").read()).decode()
-    from PIL import Image
+        return encode(Image.open(path).convert("RGB"))
     from skimage import data
 
-    buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return encode(Image.fromarray(data.astronaut()))
 
 
-BASE = {"prompt": "a portrait photo", "steps": 4, "width": 128, "height": 128, "seed": 1234, "sampler_name": "Euler a",
-        "cfg_scale": 7}
+@pytest.fixture(scope="module")
+def model_name() -> str:
+    """The steerable CapFace when the webui has it (head-region assertions), else the default."""
+    status, models = call("/caphuman/v1/models")
+    assert status == 200, models
+    return STEERABLE if STEERABLE in models["models"] else ""
 
 
-def with_unit(payload: dict, *units: dict) -> dict:
-    return {**payload, "alwayson_scripts": {"CapHuman": {"args": list(units)}}}
+def head_mask(unit: dict, width: int, height: int) -> np.ndarray:
+    """Where the unit's rendered head covers the frame (the preview route's alpha, same renderer as the hint)."""
+    status, body = call("/caphuman/v1/preview", {**unit, "width": width, "height": height})
+    assert status == 200, body
+    return decode(body["images"]["alpha"])[..., 0] > 127
+
+
+def changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    return np.abs(after.astype(np.int16) - before.astype(np.int16)).sum(-1)
+
+
+def assert_head_steers(diff: np.ndarray, mask: np.ndarray, what: str) -> None:
+    inside, outside = diff[mask].mean(), diff[~mask].mean() if (~mask).any() else 0.0
+    assert inside > 2 * outside, f"{what}: mean change inside the head {inside:.2f}, outside {outside:.2f}"
+
+
+def caphuman_case(route: str, payload: dict, units: list[dict], model: str, region=None) -> dict:
+    """Plain, CapHuman, plain again: CapHuman changed every image and the plain runs are bit-identical.
+    `region(image_index, shape)` gives the head mask for an image (None: no head-region assertion)."""
+    units = [{**u, "model": model} for u in units]
+    before = plain_images(route, with_scripts(payload))
+    steered, info = generate(route, with_scripts(payload, units))
+    after, _ = generate(route, with_scripts(payload))
+    assert [a.shape for a in steered] == [b.shape for b in before]
+    for index, (plain, again) in enumerate(zip(before, after)):
+        assert np.array_equal(plain, again), f"image {index}: the plain run after CapHuman differs from the one before"
+    diffs = [changed(b, s) for b, s in zip(before, steered)]
+    for index, diff in enumerate(diffs):
+        assert diff.max() > 0, f"image {index}: CapHuman did not change the pixels"
+        if region is not None and model == STEERABLE:
+            mask = region(index, diff.shape)
+            if mask is not None:
+                assert_head_steers(diff, mask, f"image {index}")
+    assert "CapHuman 1" in info["extra_generation_params"], info["extra_generation_params"]
+    return {"before": before, "steered": steered, "diffs": diffs, "info": info, "units": units}
+
+
+def frame_region(unit: dict):
+    def region(index: int, shape: tuple) -> np.ndarray:
+        return head_mask(unit, shape[1], shape[0])
+    return region
 
 
 def test_version_and_models():
@@ -54,33 +153,164 @@ def test_version_and_models():
     assert status == 200 and models["models"] and models["head_assets"] == "ok"
 
 
-@pytest.mark.parametrize("extra", [
-    {"batch_size": 2},
-    {"n_iter": 2},
-    {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6, "hr_second_pass_steps": 2},
-    {"sampler_name": "DPM++ 2M", "scheduler": "Karras"},
-])
-def test_txt2img_paths_apply_and_leave_no_trace(photo, extra):
-    payload = {**BASE, **extra}
-    status, before = call("/sdapi/v1/txt2img", payload)
-    assert status == 200
+TXT2IMG = {
+    "batch_size_2": {"batch_size": 2},
+    "batch_count_2": {"n_iter": 2},
+    "hires_latent_x1.5": {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+                          "hr_second_pass_steps": 2},
+    "hires_x1.3": {"enable_hr": True, "hr_scale": 1.3, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+                   "hr_second_pass_steps": 2},
+    "hires_lanczos_x1.5": {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.6,
+                           "hr_second_pass_steps": 2},
+    "hires_resize_to_192x128": {"enable_hr": True, "hr_resize_x": 192, "hr_resize_y": 128, "hr_upscaler": "Latent",
+                                "denoising_strength": 0.6, "hr_second_pass_steps": 2},
+    "hires_batch_count_2": {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+                            "hr_second_pass_steps": 2, "n_iter": 2},
+    "width_132": {"width": 132},
+    "dpmpp_2m_karras": {"sampler_name": "DPM++ 2M", "scheduler": "Karras"},
+}
+
+
+@pytest.mark.parametrize("case", list(TXT2IMG))
+def test_txt2img_paths(photo, model_name, case):
     unit = {"enabled": True, "reference_images": [photo], "yaw": 20}
-    status, steered = call("/sdapi/v1/txt2img", with_unit(payload, unit))
-    assert status == 200, steered
-    assert steered["images"] != before["images"]
-    assert "CapHuman 1" in json.loads(steered["info"])["extra_generation_params"]
-    status, after = call("/sdapi/v1/txt2img", payload)
-    assert after["images"] == before["images"]  # bit-identical: no hook left behind
+    caphuman_case("txt2img", {**BASE, **TXT2IMG[case]}, [unit], model_name, frame_region(unit))
 
 
-def test_two_units_and_img2img(photo):
-    units = [{"enabled": True, "reference_images": [photo], "center_x": 0.3},
-             {"enabled": True, "reference_images": [photo], "center_x": 0.7, "strength": 0.7}]
-    status, result = call("/sdapi/v1/txt2img", with_unit(BASE, *units))
-    assert status == 200, result
-    status, result = call("/sdapi/v1/img2img", with_unit({**BASE, "init_images": [photo], "denoising_strength": 0.7},
-                                                         units[0]))
-    assert status == 200, result
+def test_batch_images_match_single_generations(photo, model_name):
+    """Image 2 of a batch of 2 (seed 1235) equals a batch-of-1 generation of seed 1235, with CapHuman as without
+    (to float noise: batched and single matmuls may round differently)."""
+    unit = {"enabled": True, "reference_images": [photo], "model": model_name}
+    batch_plain = plain_images("txt2img", with_scripts({**BASE, "batch_size": 2}))
+    single_plain, _ = generate("txt2img", with_scripts({**BASE, "seed": 1235}))
+    batch, _ = generate("txt2img", with_scripts({**BASE, "batch_size": 2}, [unit]))
+    single, _ = generate("txt2img", with_scripts({**BASE, "seed": 1235}, [unit]))
+    noise = changed(batch_plain[1], single_plain[0]).max()
+    assert noise <= 6, noise
+    assert changed(batch[1], single[0]).max() <= max(6, 2 * noise)
+    assert changed(single_plain[0], single[0]).max() > 0
+
+
+def test_moving_the_head_moves_the_change(photo, model_name):
+    if model_name != STEERABLE:
+        pytest.skip("needs the steerable CapFace")
+    plain = plain_images("txt2img", with_scripts(BASE))
+    centres = []
+    for x in (0.3, 0.7):
+        unit = {"enabled": True, "reference_images": [photo], "model": model_name, "center_x": x, "scale": 0.35}
+        steered, _ = generate("txt2img", with_scripts(BASE, [unit]))
+        diff = changed(plain[0], steered[0]).astype(float)
+        centres.append((diff.sum(0) * np.arange(diff.shape[1])).sum() / diff.sum())
+    assert centres[1] - centres[0] > 20, centres
+
+
+def test_two_units(photo, model_name):
+    units = [{"enabled": True, "reference_images": [photo], "center_x": 0.3, "scale": 0.3},
+             {"enabled": True, "reference_images": [photo], "center_x": 0.7, "scale": 0.3, "strength": 0.7}]
+
+    def region(index, shape):
+        return head_mask(units[0], shape[1], shape[0]) | head_mask(units[1], shape[1], shape[0])
+
+    result = caphuman_case("txt2img", BASE, units, model_name, region)
+    assert "CapHuman 2" in result["info"]["extra_generation_params"]
+
+
+def square_image(size: int = 128) -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    return encode(Image.fromarray(rng.integers(60, 200, (size, size, 3), dtype=np.uint8)))
+
+
+def box_mask(box: tuple[int, int, int, int], size: int = 128) -> str:
+    from PIL import Image
+
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, box)
+    return encode(mask)
+
+
+IMG2IMG = {
+    "img2img": {},
+    "img2img_resize_by_1.3": {"width": int(128 * 1.3), "height": int(128 * 1.3)},  # modules/img2img.py's arithmetic
+    "img2img_just_resize_to_96x160": {"width": 96, "height": 160, "resize_mode": 0},
+    "inpaint_whole_picture": {"mask": box_mask((32, 16, 96, 112)), "inpainting_fill": 1, "inpaint_full_res": False},
+}
+
+
+@pytest.mark.parametrize("case", list(IMG2IMG))
+def test_img2img_paths(photo, model_name, case):
+    payload = {**BASE, "init_images": [square_image()], "denoising_strength": 0.7, **IMG2IMG[case]}
+    unit = {"enabled": True, "reference_images": [photo]}
+    region = frame_region(unit) if "mask" not in payload else None
+    caphuman_case("img2img", payload, [unit], model_name, region)
+
+
+def test_inpaint_only_masked_places_the_head_in_the_whole_frame(photo, model_name):
+    """'Only masked' samples a crop (mask box padded by 8, here (56, 8)-(120, 72)) at 128²: the hint must be the
+    whole frame's head cropped the same way (as sd-webui-controlnet crops control images), so the change sits where
+    the whole-frame head overlaps the mask."""
+    box = (64, 16, 112, 64)
+    payload = {**BASE, "init_images": [square_image()], "denoising_strength": 0.7, "mask": box_mask(box),
+               "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 8, "mask_blur": 0}
+    unit = {"enabled": True, "reference_images": [photo], "scale": 0.6}
+
+    def region(index, shape):
+        inside_mask = np.zeros(shape, bool)
+        inside_mask[box[1]:box[3], box[0]:box[2]] = True
+        return head_mask(unit, shape[1], shape[0]) & inside_mask
+
+    result = caphuman_case("img2img", payload, [unit], model_name, None)
+    if model_name == STEERABLE:
+        diff, mask = result["diffs"][0], region(0, result["diffs"][0].shape)
+        in_box = np.zeros_like(mask)
+        in_box[box[1]:box[3], box[0]:box[2]] = True
+        inside, outside = diff[mask].mean(), diff[in_box & ~mask].mean()
+        assert inside > 2 * outside, f"inside the whole-frame head {inside:.2f}, elsewhere in the mask {outside:.2f}"
+
+
+def test_inpainting_checkpoint(photo, model_name):
+    payload = {**BASE, "init_images": [square_image()], "mask": box_mask((32, 16, 96, 112)),
+               "denoising_strength": 0.8, "inpainting_fill": 1,
+               "override_settings": {"sd_model_checkpoint": "tiny-sd15-inpainting"}}
+    caphuman_case("img2img", payload, [{"enabled": True, "reference_images": [photo]}], model_name)
+
+
+def test_prompt_matrix_with_different_sub_prompt_counts(photo, model_name):
+    """Prompt matrix makes 'a portrait photo' (1 sub-prompt) and '..., red hair AND blue eyes' (2) in one batch:
+    each image must get its own latent's residuals, i.e. equal the image generated alone with the same prompt."""
+    unit = {"enabled": True, "reference_images": [photo]}
+    payload = {**BASE, "prompt": "a portrait photo|red hair AND blue eyes", "batch_size": 2,
+               "script_name": "prompt matrix", "script_args": [False, False, "positive", "comma", 0]}
+    result = caphuman_case("txt2img", payload, [unit], model_name)
+    images = [image for image in result["steered"] if image.shape == (128, 128, 3)]  # without the grid
+    plain_cells = [image for image in result["before"] if image.shape == (128, 128, 3)]
+    assert len(images) == 2
+    alone = {**BASE, "prompt": "a portrait photo, red hair AND blue eyes"}
+    alone_plain, _ = generate("txt2img", with_scripts(alone))
+    alone_steered, _ = generate("txt2img", with_scripts(alone, result["units"]))
+    noise = changed(plain_cells[1], alone_plain[0]).max()
+    assert noise <= 6, noise
+    assert changed(images[1], alone_steered[0]).max() <= max(6, 2 * noise)
+
+
+def test_xyz_plot_strength_axis(photo, model_name):
+    status, infos = call("/sdapi/v1/script-info")
+    xyz = next(s for s in infos if s["name"] == "x/y/z plot" and not s["is_img2img"])
+    axis = xyz["args"][0]["choices"].index("[CapHuman] Strength")
+    script_args = [axis, "0, 0.5, 1.5", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
+    payload = {**BASE, "script_name": "x/y/z plot", "script_args": script_args}
+    unit = {"enabled": True, "reference_images": [photo], "model": model_name}
+    plain = plain_images("txt2img", with_scripts(BASE))
+    images, info = generate("txt2img", with_scripts(payload, [unit]))
+    cells = [image for image in images if image.shape == (128, 128, 3)]
+    assert len(cells) == 3
+    texts = info["infotexts"][-3:]
+    assert "strength 0.5" in texts[1] and "strength 1.5" in texts[2], texts
+    assert np.array_equal(cells[0], plain[0]) or changed(cells[0], plain[0]).max() <= 6  # strength 0: as plain
+    weak, strong = changed(plain[0], cells[1]).mean(), changed(plain[0], cells[2]).mean()
+    assert 0 < weak < strong, (weak, strong)
+    assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
 
 
 @pytest.mark.parametrize(("unit", "field"), [
@@ -89,114 +319,138 @@ def test_two_units_and_img2img(photo):
     ({"enabled": True, "modes": ["tilt"], "reference_images": []}, "modes"),
 ])
 def test_bad_payloads_get_422_naming_the_field(unit, field):
-    status, body = call("/sdapi/v1/txt2img", with_unit(BASE, unit))
-    assert status == 422 and body["detail"][0]["loc"][-1] == field
+    status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [unit]))
+    assert status == 422 and body["detail"][0]["loc"][-1] == field, body
 
 
-def test_no_face_is_a_readable_error_and_the_webui_recovers(photo):
+def test_no_face_is_a_readable_error_and_the_next_generation_is_plain():
     from PIL import Image
 
-    buffer = io.BytesIO()
-    Image.new("RGB", (128, 128), (90, 140, 200)).save(buffer, format="PNG")
-    blank = base64.b64encode(buffer.getvalue()).decode()
-    status, body = call("/sdapi/v1/txt2img", with_unit(BASE, {"enabled": True, "reference_images": [blank]}))
-    assert status >= 400 and "face" in json.dumps(body).lower()
-    assert call("/sdapi/v1/txt2img", BASE)[0] == 200
+    plain = plain_images("txt2img", with_scripts(BASE))
+    blank = encode(Image.new("RGB", (128, 128), (90, 140, 200)))
+    status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [{"enabled": True, "reference_images": [blank]}]))
+    assert status >= 400 and "face" in json.dumps(body).lower(), body
+    assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
+
+
+def test_a_capface_that_does_not_fit_the_checkpoint_says_so(photo):
+    """caphuman_mid (320 channels, for mid-sd15) with tiny-sd15 (32 channels) loaded."""
+    status, models = call("/caphuman/v1/models")
+    if "caphuman_mid.safetensors" not in models["models"]:
+        pytest.skip("no caphuman_mid.safetensors (docs/webui-testing/make_mid_controls.py)")
+    plain = plain_images("txt2img", with_scripts(BASE))
+    unit = {"enabled": True, "reference_images": [photo], "model": "caphuman_mid.safetensors"}
+    status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [unit]))
+    text = json.dumps(body)
+    assert status >= 400 and "caphuman_mid" in text, (status, text[:500])
+    assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
+
+
+def test_refiner_gets_the_capface_residuals(photo, model_name):
+    """Refiner tiny-sd15-b (its own yaml: the webui builds a new model object) from 0.5; the unit acts from step 0.6
+    on only, so every pixel change comes from the refiner's UNet."""
+    payload = {**BASE, "steps": 6, "refiner_checkpoint": "tiny-sd15-b", "refiner_switch_at": 0.5}
+    unit = {"enabled": True, "reference_images": [photo], "start": 0.6}
+    call("/caphuman-probe/v1/log")
+    result = caphuman_case("txt2img", payload, [unit], model_name, frame_region(unit))
+    assert "Refiner" in result["info"]["extra_generation_params"]
+    generate("txt2img", with_scripts(payload, result["units"], probe=True))
+    log = call("/caphuman-probe/v1/log")[1]["log"]
+    refined = [r for r in log if r["checkpoint"] == "tiny-sd15-b"]
+    assert refined and all(r["hooks"] for r in refined), log
+
+
+def test_hires_checkpoint_gets_the_capface_residuals(photo, model_name):
+    payload = {**BASE, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+               "hr_second_pass_steps": 2, "hr_checkpoint_name": "tiny-sd15-b"}
+    unit = {"enabled": True, "reference_images": [photo]}
+    result = caphuman_case("txt2img", payload, [unit], model_name, frame_region(unit))
+    call("/caphuman-probe/v1/log")
+    generate("txt2img", with_scripts(payload, result["units"], probe=True))
+    log = call("/caphuman-probe/v1/log")[1]["log"]
+    first = [r for r in log if r["phase"] == "first"]
+    hires = [r for r in log if r["phase"] == "hires"]
+    assert first and all(r["hooks"] for r in first), log
+    assert hires and all(r["checkpoint"] == "tiny-sd15-b" and r["hooks"] for r in hires), log
+    assert {r["unet"] for r in hires}.isdisjoint({r["unet"] for r in first}), log  # a new model object
+
+
+def test_a_second_pass_from_postprocess_image_sees_no_capface(photo, model_name):
+    """An ADetailer-like img2img pass run from postprocess_image (its own p, no CapHuman unit): the same input gives
+    bit-identical output whether the main generation used CapHuman or not, and no CapHuman hook is on its UNet."""
+    unit = {"enabled": True, "reference_images": [photo], "model": model_name}
+    call("/caphuman-probe/v1/log")
+    plain, _ = generate("txt2img", with_scripts(BASE, probe=True))
+    plain_log = call("/caphuman-probe/v1/log")[1]
+    steered, _ = generate("txt2img", with_scripts(BASE, [unit], probe=True))
+    steered_log = call("/caphuman-probe/v1/log")[1]
+    assert changed(plain[0], steered[0]).max() > 0
+    second = [r for r in steered_log["log"] if r["phase"] == "second_pass"]
+    assert second and not any(r["hooks"] for r in second), steered_log["log"]
+    assert np.array_equal(decode(plain_log["second_pass_images"][0]), decode(steered_log["second_pass_images"][0]))
+
+
+def test_plain_generation_has_no_caphuman_hook():
+    call("/caphuman-probe/v1/log")
+    generate("txt2img", with_scripts({**BASE, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent",
+                                      "denoising_strength": 0.6, "hr_second_pass_steps": 2}, probe=True))
+    log = call("/caphuman-probe/v1/log")[1]["log"]
+    assert log and not any(r["hooks"] for r in log), log
 
 
 def test_preview_route(photo):
     status, body = call("/caphuman/v1/preview", {"reference_images": [photo], "width": 160, "height": 96, "yaw": 30})
     assert status == 200 and set(body["images"]) == {"normal", "albedo", "shading", "alpha", "landmarks"}
+    alpha = decode(body["images"]["alpha"])
+    assert alpha.shape[:2] == (96, 160) and 0 < (alpha[..., 0] > 127).mean() < 0.9
 
 
-def test_inpainting_with_a_nine_channel_checkpoint(photo):
-    """Needs tiny-sd15-inpainting (docs/webui-testing/make_tiny_webui_models.py) next to tiny-sd15."""
-    call("/sdapi/v1/refresh-checkpoints", {})
-    status, checkpoints = call("/sdapi/v1/sd-models")
-    names = [c["model_name"] for c in checkpoints]
-    if "tiny-sd15-inpainting" not in names:
-        pytest.skip("no tiny-sd15-inpainting checkpoint")
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    mask = Image.new("L", (128, 128), 0)
-    mask.paste(255, (32, 16, 96, 112))
-    mask.save(buffer, format="PNG")
-    payload = {**BASE, "init_images": [photo], "mask": base64.b64encode(buffer.getvalue()).decode(),
-               "denoising_strength": 0.8, "inpainting_fill": 1,
-               "override_settings": {"sd_model_checkpoint": "tiny-sd15-inpainting"},
-               "override_settings_restore_afterwards": True}
-    status, before = call("/sdapi/v1/img2img", payload)
-    assert status == 200, before
-    status, steered = call("/sdapi/v1/img2img", with_unit(payload, {"enabled": True, "reference_images": [photo]}))
-    assert status == 200, steered
-    assert steered["images"] != before["images"]
-    assert call("/sdapi/v1/img2img", payload)[1]["images"] == before["images"]
-
-
-def test_xyz_plot_axis_sets_the_unit_strength(photo):
-    status, infos = call("/sdapi/v1/script-info")
-    xyz = next(s for s in infos if s["name"] == "x/y/z plot" and not s["is_img2img"])
-    axis = xyz["args"][0]["choices"].index("[CapHuman] Strength")
-    script_args = [axis, "0.5, 1.5", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
-    payload = with_unit({**BASE, "script_name": "x/y/z plot", "script_args": script_args},
-                        {"enabled": True, "reference_images": [photo]})
-    status, result = call("/sdapi/v1/txt2img", payload)
+def test_infotext_round_trip_through_png_info(photo, model_name):
+    unit = {"enabled": True, "reference_images": [photo], "strength": 0.7, "modes": ["position"], "yaw": 15,
+            "model": model_name}
+    status, result = call("/sdapi/v1/txt2img", with_scripts(BASE, [unit]))
     assert status == 200, result
-    infotexts = json.loads(result["info"])["infotexts"]
-    assert any("strength 0.5" in text for text in infotexts) and any("strength 1.5" in text for text in infotexts)
-
-
-def test_infotext_reaches_png_info(photo):
-    status, result = call("/sdapi/v1/txt2img", with_unit(BASE, {"enabled": True, "reference_images": [photo],
-                                                                "strength": 0.7, "modes": ["position"]}))
-    assert status == 200
     status, info = call("/sdapi/v1/png-info", {"image": "data:image/png;base64," + result["images"][0]})
-    parameters = info["parameters"]["CapHuman 1"]
+    assert status == 200, info
     from caphuman_ext.unit.infotext import from_infotext
 
-    restored = from_infotext(parameters)
-    assert restored["strength"] == 0.7 and restored["modes"] == ["position"]
+    restored = from_infotext(info["parameters"]["CapHuman 1"])
+    assert restored["strength"] == 0.7 and list(restored["modes"]) == ["position"] and restored["yaw"] == 15
 
 
 def test_next_to_sd_webui_controlnet(photo):
-    """Needs sd-webui-controlnet, an SD1.5-width checkpoint `mid-sd15` (320 channels), a ControlNet and a CapHuman
-    model of that width (docs/webui_testing.md)."""
+    """sd-webui-controlnet v1.1.455 with mid-sd15 (SD1.5 widths, random), control_mid_random and caphuman_mid."""
     status, models = call("/controlnet/model_list")
     call("/sdapi/v1/refresh-checkpoints", {})
     checkpoints = [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]
     if status != 200 or not models.get("model_list") or "mid-sd15" not in checkpoints:
         pytest.skip("no sd-webui-controlnet / mid-sd15 setup")
-    payload = {**BASE, "width": 64, "height": 64, "steps": 2,
-               "override_settings": {"sd_model_checkpoint": "mid-sd15"}, "override_settings_restore_afterwards": True}
+    payload = {**BASE, "width": 64, "height": 64, "steps": 2, "override_settings": {"sd_model_checkpoint": "mid-sd15"}}
     controlnet = {"enabled": True, "model": models["model_list"][0], "image": photo, "module": "none", "weight": 1.0}
     caphuman = {"enabled": True, "model": "caphuman_mid.safetensors", "reference_images": [photo]}
 
-    def run(cn: bool, ch: bool) -> list:
+    def run(cn: bool, ch: bool) -> np.ndarray:
         scripts = {}
         if cn:
             scripts["controlnet"] = {"args": [controlnet]}
         if ch:
             scripts["CapHuman"] = {"args": [caphuman]}
-        status, result = call("/sdapi/v1/txt2img", {**payload, "alwayson_scripts": scripts})
-        assert status == 200, result
-        return result["images"]
+        return generate("txt2img", {**payload, "alwayson_scripts": scripts})[0][0]
 
     plain, only_cn, only_ch, both = run(False, False), run(True, False), run(False, True), run(True, True)
-    assert len({plain[0], only_cn[0], only_ch[0], both[0]}) == 4  # each control changes the image, and together
-    assert run(False, False) == plain
+    assert changed(plain, only_cn).max() > 0 and changed(plain, only_ch).max() > 0
+    assert changed(only_cn, both).max() > 0 and changed(only_ch, both).max() > 0
+    assert np.array_equal(run(False, False), plain)
+    assert np.array_equal(run(True, False), only_cn)
 
 
 def test_sd2_checkpoint_gets_a_clear_message(photo):
-    """Needs a tiny SD2-architecture checkpoint `tiny-sd2` (OpenCLIP text encoder)."""
+    """A tiny SD2-architecture checkpoint `tiny-sd2` (OpenCLIP text encoder)."""
     call("/sdapi/v1/refresh-checkpoints", {})
     if "tiny-sd2" not in [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]:
         pytest.skip("no tiny-sd2 checkpoint")
-    payload = {**BASE, "override_settings": {"sd_model_checkpoint": "tiny-sd2"},
-               "override_settings_restore_afterwards": True}
-    status, plain = call("/sdapi/v1/txt2img", payload)
-    assert status == 200, plain
-    status, body = call("/sdapi/v1/txt2img", with_unit(payload, {"enabled": True, "reference_images": [photo]}))
-    assert status >= 400 and "SD1.x checkpoints only" in json.dumps(body)
-    status, again = call("/sdapi/v1/txt2img", payload)
-    assert status == 200 and again["images"] == plain["images"]
+    payload = {**BASE, "override_settings": {"sd_model_checkpoint": "tiny-sd2"}}
+    plain, _ = generate("txt2img", with_scripts(payload))
+    status, body = call("/sdapi/v1/txt2img", with_scripts(payload, [{"enabled": True, "reference_images": [photo]}]))
+    assert status >= 400 and "SD1.x checkpoints only" in json.dumps(body), body
+    assert np.array_equal(generate("txt2img", with_scripts(payload))[0][0], plain[0])

@@ -1,30 +1,47 @@
 """Tiny CapHuman files for a local test webui (run with the extension's venv from the repo root).
 
-Needs the synthetic identity models in /tmp/ident and DECA/FLAME files in /tmp/deca, written by
-../shared/parity/make_synthetic_identity.py and make_synthetic_deca.py.
+Writes into $WEBUI_DIR/models/CapHuman: `caphuman_tiny.safetensors` (random CapFace matching tiny-sd15),
+`caphuman_steerable.safetensors` (hand-set CapFace whose mask follows the rendered head, tests/steerable.py) when that
+module exists, each with a tiny CLIP vision tower under `clip_vision.*`, and the synthetic identity models and
+DECA/FLAME files written by ../shared/parity/make_synthetic_identity.py and make_synthetic_deca.py.
 """
 
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, ".")
 from caphuman_ext import CapFaceConfig  # noqa: E402
-from tests.core_helpers import random_capface  # noqa: E402
+from tests.conftest import run_shared_generator, shared_dir  # noqa: E402
+from tests.core_helpers import TINY_UNET, random_capface  # noqa: E402
 from tests.test_identity import tiny_clip_state  # noqa: E402
 
 out = Path(os.environ.get("WEBUI_DIR", "/work/webui")) / "models" / "CapHuman"
 out.mkdir(parents=True, exist_ok=True)
+clip = {f"clip_vision.{k}": v.contiguous() for k, v in tiny_clip_state().items()}
 config = CapFaceConfig(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=(2, 2, 2, 2),
                        attention_levels=(0, 1, 2), context_dim=64, clip_token_dim=64)
 state = {k: v.contiguous() for k, v in random_capface(config, seed=3).state_dict().items()}
-state.update({f"clip_vision.{k}": v.contiguous() for k, v in tiny_clip_state().items()})
-save_file(state, out / "caphuman_tiny.safetensors")
-for folder in ("/tmp/ident", "/tmp/deca"):
-    for path in Path(folder).iterdir():
-        if path.suffix in (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar"):
-            shutil.copy(path, out / path.name)
+save_file({**state, **clip}, out / "caphuman_tiny.safetensors")
+try:
+    from tests.steerable import save_steerable_checkpoint
+except ImportError:
+    print("tests/steerable.py not found: no caphuman_steerable.safetensors")
+else:
+    path = out / "caphuman_steerable.safetensors"
+    save_steerable_checkpoint(path, TINY_UNET)
+    state = load_file(path)
+    if not any(k.startswith("clip_vision.") for k in state):
+        save_file({**state, **clip}, path)
+with tempfile.TemporaryDirectory() as tmp:
+    parity = shared_dir() / "parity"
+    for script in ("make_synthetic_identity.py", "make_synthetic_deca.py"):
+        folder = run_shared_generator(parity, script, Path(tmp) / script)
+        for path in folder.iterdir():
+            if path.suffix in (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar"):
+                shutil.copy(path, out / path.name)
 print(sorted(p.name for p in out.iterdir()))

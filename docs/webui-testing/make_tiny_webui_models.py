@@ -10,11 +10,10 @@ import open_clip
 import torch
 import yaml
 from open_clip.tokenizer import bytes_to_unicode
-from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 WEBUI = os.environ.get("WEBUI_DIR", "/work/webui")
-ASSETS = os.environ.get("WEBUI_ASSETS", "/work/webui-assets")
+ASSETS = os.environ.get("WEBUI_ASSETS", f"{WEBUI}/test-assets")
 clip_dir = f"{ASSETS}/tiny-clip"
 os.makedirs(clip_dir, exist_ok=True)
 
@@ -33,12 +32,11 @@ text_config = CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size
 CLIPTextModel(text_config).save_pretrained(clip_dir)
 CLIPTokenizer(f"{clip_dir}/vocab.json", f"{clip_dir}/merges.txt").save_pretrained(clip_dir)
 
-sys.path[:0] = [f"{WEBUI}/repositories/stable-diffusion-stability-ai"]
-from ldm.util import instantiate_from_config  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from random_ldm import check, instantiate, randomise, save  # noqa: E402
 
 
-def write_checkpoint(config_name: str, name: str) -> None:
+def write_checkpoint(config_name: str, name: str, seed: int) -> None:
     """A tiny random checkpoint of the architecture in `configs/<config_name>` with its sidecar yaml."""
     conf = yaml.safe_load(open(f"{WEBUI}/configs/{config_name}"))
     conf["model"]["params"]["unet_config"]["params"].update(model_channels=32, channel_mult=[1, 2, 2, 2],
@@ -47,21 +45,12 @@ def write_checkpoint(config_name: str, name: str) -> None:
                                                                                num_res_blocks=1)
     conf["model"]["params"]["cond_stage_config"]["params"] = {"version": clip_dir}
     conf["model"]["params"].pop("ckpt_path", None)
-    model = instantiate_from_config(OmegaConf.create(conf["model"]))
-    generator = torch.Generator().manual_seed(1)
-    state = {}
-    for key, value in model.state_dict().items():
-        if value.is_floating_point() and not key.startswith("cond_stage_model"):
-            scale = (0.5 / max(1, value[0].numel())) ** 0.5 if value.dim() > 1 else 0.02
-            value = torch.randn(value.shape, generator=generator) * scale
-        state[key] = value.contiguous()
-    folder = f"{WEBUI}/models/Stable-diffusion"
-    os.makedirs(folder, exist_ok=True)
-    save_file(state, f"{folder}/{name}.safetensors")
-    with open(f"{folder}/{name}.yaml", "w") as handle:
-        yaml.safe_dump(conf, handle)
-    print(name, "written:", len(state), "tensors")
+    model = instantiate(conf)
+    randomise(model, seed)
+    save(model, conf, f"{WEBUI}/models/Stable-diffusion", name)
+    print(name, check(model))
 
 
-write_checkpoint("v1-inference.yaml", "tiny-sd15")
-write_checkpoint("v1-inpainting-inference.yaml", "tiny-sd15-inpainting")  # 9-channel UNet
+write_checkpoint("v1-inference.yaml", "tiny-sd15", 1)
+write_checkpoint("v1-inference.yaml", "tiny-sd15-b", 11)  # same shapes, other weights: refiner / hires checkpoint
+write_checkpoint("v1-inpainting-inference.yaml", "tiny-sd15-inpainting", 21)  # 9-channel UNet

@@ -1,0 +1,112 @@
+"""Test-only webui extension: records which CapHuman hooks sit on the UNet being sampled, and runs an
+ADetailer-like second img2img pass from `postprocess_image` (a fixed input image, no scripts of its own).
+
+Enable per request with `"alwayson_scripts": {"caphuman probe": {"args": [true]}}`; read (and clear) the record with
+`GET /caphuman-probe/v1/log`. Install by linking this folder into the webui's `extensions/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import gradio as gr
+import numpy as np
+import torch
+from modules import processing, script_callbacks, scripts, shared
+
+_LOG: list[dict] = []
+_SECOND_PASS: dict = {}
+
+
+def _owner(fn) -> str:
+    """Module that defined a hook callable (function, bound method, partial or callable object)."""
+    fn = getattr(fn, "func", fn)
+    fn = getattr(fn, "__func__", fn)
+    return getattr(fn, "__module__", None) or type(fn).__module__
+
+
+def caphuman_hooks(unet: torch.nn.Module) -> list[str]:
+    """'<submodule>:<kind>' for every forward hook / pre-hook / instance forward defined by CapHuman code."""
+    found = []
+    for name, module in unet.named_modules():
+        callables = [("hook", h) for h in module._forward_hooks.values()]
+        callables += [("pre_hook", h) for h in module._forward_pre_hooks.values()]
+        if "forward" in module.__dict__:
+            callables.append(("forward", module.__dict__["forward"]))
+        found += [f"{name or 'unet'}:{kind}" for kind, fn in callables if "caphuman" in _owner(fn).lower()]
+    found += [f"global:{_owner(h)}" for h in torch.nn.modules.module._global_forward_hooks.values()
+              if "caphuman" in _owner(h).lower()]
+    return found
+
+
+def _sampled_unet(params) -> torch.nn.Module:
+    inner = getattr(getattr(params.denoiser, "inner_model", None), "inner_model", None) or shared.sd_model
+    return inner.model.diffusion_model
+
+
+def _on_cfg_denoiser(params) -> None:
+    p = getattr(params.denoiser, "p", None)
+    if p is None or not (getattr(p, "caphuman_probe", False) or getattr(p, "caphuman_probe_second_pass", False)):
+        return
+    unet = _sampled_unet(params)
+    phase = "second_pass" if getattr(p, "caphuman_probe_second_pass", False) else \
+        ("hires" if getattr(p, "is_hr_pass", False) else "first")
+    record = {"phase": phase, "unet": id(unet), "checkpoint": getattr(shared.sd_model, "sd_checkpoint_info", None)
+              and shared.sd_model.sd_checkpoint_info.short_title, "hooks": caphuman_hooks(unet)}
+    if not _LOG or any(_LOG[-1][k] != v for k, v in record.items()):
+        _LOG.append({**record, "steps": 0})
+    _LOG[-1]["steps"] += 1
+
+
+script_callbacks.on_cfg_denoiser(_on_cfg_denoiser)
+
+
+def _fixed_image():
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    return Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+
+
+class Script(scripts.Script):
+    def title(self):
+        return "CapHuman probe"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return [gr.Checkbox(value=False, visible=False)]
+
+    def process(self, p, enabled=False, *args):
+        p.caphuman_probe = bool(enabled)
+
+    def postprocess_image(self, p, pp, enabled=False, *args):
+        if not enabled or getattr(p, "caphuman_probe_second_pass", False):
+            return
+        from PIL import Image
+
+        mask = Image.new("L", (128, 128), 0)
+        mask.paste(255, (32, 32, 96, 96))
+        second = processing.StableDiffusionProcessingImg2Img(
+            sd_model=shared.sd_model, init_images=[_fixed_image()], mask=mask, prompt="a face", steps=4,
+            width=128, height=128, seed=99, sampler_name="Euler", denoising_strength=0.5, inpaint_full_res=True,
+            inpaint_full_res_padding=8, do_not_save_samples=True, do_not_save_grid=True)
+        second.caphuman_probe_second_pass = True
+        second.scripts = None  # ADetailer runs its pass with a filtered script runner: no CapHuman there
+        result = processing.process_images(second)
+        buffer = io.BytesIO()
+        result.images[0].save(buffer, format="PNG")
+        _SECOND_PASS.setdefault("images", []).append(base64.b64encode(buffer.getvalue()).decode())
+
+
+def _on_app_started(demo, app):
+    @app.get("/caphuman-probe/v1/log")
+    def read_log():
+        answer = {"log": list(_LOG), "second_pass_images": _SECOND_PASS.pop("images", [])}
+        _LOG.clear()
+        return answer
+
+
+script_callbacks.on_app_started(_on_app_started)
