@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import numbers
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -138,7 +139,7 @@ def decode_image(value: Any, field_name: str, _depth: int = 0):
 
 
 def _finite(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
         raise UnitValidationError(name, f"expected a number, got {describe(value)}")
     if isinstance(value, str) and len(value) > 64:
         raise UnitValidationError(name, f"expected a number, got {describe(value)}")
