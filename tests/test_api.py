@@ -133,6 +133,7 @@ def enabled(**values) -> dict:
     ('"strength": ' + "[" * 500 + "]" * 500, "strength"),
     ('"reference_images": [' + "[" * 500 + "]" * 500 + "]", "reference_images"),
     ('"enabled": 1', "enabled"),
+    ('"\\ud800": 1', "\\ud800"),  # a key no UTF-8 answer can hold as is
 ])
 def test_hostile_values_are_422_naming_the_field(webui, literal, field):
     client, received = webui

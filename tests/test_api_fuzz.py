@@ -42,7 +42,7 @@ LONG_RUN = EXAMPLES > 0
 fuzz = settings(max_examples=EXAMPLES or 150, deadline=None, derandomize=not LONG_RUN, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
-fuzz_http = settings(fuzz, max_examples=max(1, (EXAMPLES or 160) // 4))
+fuzz_http = settings(fuzz, max_examples=max(1, (EXAMPLES or 200) // 4))
 
 
 def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
@@ -53,12 +53,13 @@ def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
 
 SMALL_PHOTO = base64.b64encode(encoded(Image.new("RGB", (24, 20), (90, 140, 200)))).decode()
 
-# JSON-like values, hostile ones included: NaN/Infinity, huge integers, deep and wide containers.
+# JSON-like values, hostile ones included: NaN/Infinity, huge integers, lone surrogates, deep and wide containers.
+any_text = st.text(st.characters(exclude_categories=()), max_size=30)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10**20, max_value=10**400),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
+                    st.floats(allow_nan=True, allow_infinity=True), any_text,
                     st.sampled_from(["nan", "inf", "-Infinity", "1e999", "0x10", " 1 ", "", "all", "none"]))
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+                           | st.dictionaries(any_text, inner, max_size=4), max_leaves=12)
 field_values = {
     "modes": st.one_of(st.lists(st.sampled_from([*MODES, "all", "tilt", "", " pose "]), max_size=6),
                        st.sampled_from(["position,pose", "position+expression", "all", "", ",", "Pose"])),
@@ -69,7 +70,8 @@ field_values = {
     **{name: st.floats(low - 1, high + 1) for name, (low, high) in RANGES.items()},
 }
 unit_dicts = st.dictionaries(
-    st.sampled_from([*FIELD_ORDER, "reference_image", "unknown_field"]),
+    st.one_of(st.sampled_from([*FIELD_ORDER, "reference_image", "unknown_field", "", "\ud800", "\x00", "é"]),
+              any_text),
     json_values, max_size=8,
 ).flatmap(lambda base: st.fixed_dictionaries(
     {name: st.one_of(field_values[name], json_values) if name in field_values else json_values for name in base}))
@@ -92,8 +94,8 @@ def test_unit_dicts_validate_or_name_a_field(data):
     try:
         unit = unit_from_dict(data)
     except UnitValidationError as error:
-        assert error.field and error.reason
-        assert error.field in (*FIELD_ORDER, "unit") or error.field not in FIELD_ORDER
+        assert isinstance(error.field, str) and error.reason  # the field, or the unknown key as sent ("" too)
+        assert error.field in (*FIELD_ORDER, "unit") or error.field[:60] in {str(k)[:60] for k in data}
         return
     check_unit(unit)
 
@@ -186,6 +188,14 @@ def test_http_generation_payloads_never_500(client, units, title, wrapped):
     entry = {"args": units} if wrapped else units
     answered(client.post("/sdapi/v1/txt2img", content=as_json({"alwayson_scripts": {title: entry}}),
                          headers={"content-type": "application/json"}))
+
+
+@fuzz_http
+@given(st.one_of(any_text, st.sampled_from(["", "\ud800", "\x00"])), json_values)
+def test_http_any_key_or_model_name_is_answered(client, key, value):
+    for unit in ({key: value}, {"model": key}, {"modes": [key]}):
+        answered(client.post("/sdapi/v1/txt2img", content=as_json({"alwayson_scripts": {"CapHuman": [unit]}}),
+                             headers={"content-type": "application/json"}))
 
 
 @fuzz_http

@@ -63,8 +63,14 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         kind = "value_error.too_large" if self.status == 413 else "value_error.caphuman"
-        return JSONResponse(status_code=self.status, content={"detail": [{"loc": self.loc, "msg": self.message,
+        loc = [part if isinstance(part, int) else _printable(part) for part in self.loc]
+        return JSONResponse(status_code=self.status, content={"detail": [{"loc": loc, "msg": _printable(self.message),
                                                                           "type": kind}]})
+
+
+def _printable(text: object) -> str:
+    """`text` as valid UTF-8 (a client's key may hold lone surrogates, which cannot be encoded), at most 2000 chars."""
+    return str(text)[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse_json(body: bytes) -> Any:
@@ -230,7 +236,7 @@ def _error_response(error: Exception) -> Response:
         return error.response()
     if isinstance(error, UnitValidationError):
         return _unit_error(error, ["body"]).response()
-    return JSONResponse(status_code=400, content={"detail": str(error)[:2000]})
+    return JSONResponse(status_code=400, content={"detail": _printable(error)})
 
 
 def _install_middleware(app, script_title: str, limits: ApiLimits) -> None:

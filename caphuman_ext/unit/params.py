@@ -224,7 +224,8 @@ def unit_from_dict(data: dict) -> UnitParams:
         raise UnitValidationError("unit", f"expected an object, got {describe(data)}")
     unknown = sorted(str(k) for k in set(data) - set(FIELD_ORDER) - {"reference_image"})
     if unknown:
-        raise UnitValidationError(unknown[0][:60], f"unknown field (known: {', '.join(FIELD_ORDER)})")
+        raise UnitValidationError(unknown[0][:60], f"unknown field {describe(unknown[0])} (known: "
+                                  f"{', '.join(FIELD_ORDER)})")
     unit = UnitParams()
     values = dict(data)
     if "reference_image" in values:
