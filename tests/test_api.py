@@ -350,8 +350,24 @@ def test_photo_store_round_trip_and_bound(tmp_path):
     assert infotext.photos_hash_from_infotext(text) == digest == photos_hash(noise[:1])
     restored = store.lookup(digest)
     assert restored is not None and np.array_equal(np.asarray(restored[0]), np.asarray(noise[0]))
+    assert [path.name for path in store.paths(digest)] == ["0.png"]
+    assert infotext.to_infotext(UnitParams(reference_images=restored)) == text  # restored photos: same hash
     digests = [store.save([image]) for image in noise[1:]]
     assert store.lookup(digest) is None and all(store.lookup(d) is not None for d in digests)  # oldest evicted
     (tmp_path / "photos" / digests[0] / "0.png").write_bytes(encode(noise[0]))  # tampered: hash no longer matches
     assert store.lookup(digests[0]) is None
     assert store.lookup("../../etc") is None and store.lookup("0" * 12) is None
+
+
+def test_pixel_guard_reads_the_header_before_decoding():
+    from preprocessors.identity.image_io import PhotoTooLargeError, decode_photo
+
+    data = encode(Image.new("RGB", (10, 10)))
+    assert decode_photo(data, max_pixels=100).size == (10, 10)
+    with pytest.raises(PhotoTooLargeError, match="10×10"):
+        decode_photo(data, max_pixels=99)
+
+
+def test_an_empty_image_editor_is_no_image():
+    unit = params.unit_from_dict({"pose_image": {"image": None}, "reference_images": [{"image": PHOTO}, None]})
+    assert unit.pose_image is None and len(unit.reference_images) == 1

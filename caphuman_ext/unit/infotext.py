@@ -31,7 +31,9 @@ def infotext_key(position: int) -> str:
     return f"CapHuman {position + 1}"
 
 
-def to_infotext(unit: UnitParams) -> str:
+def to_infotext(unit: UnitParams, photos: str | None = None) -> str:
+    """The unit's settings as one infotext value; `photos` is the reference photos' hash when the caller has it
+    already (e.g. from PhotoStore.save), else it is computed."""
     parts = []
     for name in SAVED:
         value = getattr(unit, name)
@@ -44,7 +46,7 @@ def to_infotext(unit: UnitParams) -> str:
         parts.append(f"{name} {value}")
     parts.append(f"pose photo {'yes' if unit.pose_image is not None else 'no'}")
     if unit.reference_images:
-        parts.append(f"{PHOTOS} {photos_hash(unit.reference_images)}")
+        parts.append(f"{PHOTOS} {photos or photos_hash(unit.reference_images)}")
     return "; ".join(parts)
 
 

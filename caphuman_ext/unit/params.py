@@ -117,9 +117,7 @@ def decode_image(value: Any, field_name: str, _depth: int = 0):
         return _as_image(value, field_name)
     if isinstance(value, dict) and _depth == 0:  # gradio image editor / file objects
         inner = next((value[k] for k in ("image", "composite", "background") if value.get(k) is not None), None)
-        if inner is None:
-            raise UnitValidationError(field_name, "the image object holds no image")
-        return decode_image(inner, field_name, 1)
+        return decode_image(inner, field_name, 1)  # an editor holding no image: no image
     if isinstance(value, (bytes, bytearray)):
         return _decode(bytes(value), field_name, "not a readable image")
     if hasattr(value, "name") and not isinstance(value, str):  # an uploaded file (gradio File)
@@ -254,7 +252,8 @@ def unit_from_dict(data: dict) -> UnitParams:
                 raise UnitValidationError(name, f"choose from {list(RESIZE_MODES)}, got {describe(value)}")
             unit.resize_mode = value
         elif name in photos:
-            setattr(unit, name, [_numbered_photo(v, name, i, len(photos[name])) for i, v in enumerate(photos[name])])
+            decoded = [_numbered_photo(v, name, i, len(photos[name])) for i, v in enumerate(photos[name])]
+            setattr(unit, name, [image for image in decoded if image is not None])
         elif name == "pose_image":
             unit.pose_image = decode_image(value, name)
         else:

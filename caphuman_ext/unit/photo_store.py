@@ -76,6 +76,15 @@ class PhotoStore:
 
     def lookup(self, digest: str) -> list[Image.Image] | None:
         """The photos saved under `digest`, or None (unknown, evicted, damaged)."""
+        found = self._checked(digest)
+        return None if found is None else found[1]
+
+    def paths(self, digest: str) -> list[Path] | None:
+        """The PNG files of the photos saved under `digest` (checked as by `lookup`), e.g. for a gradio File."""
+        found = self._checked(digest)
+        return None if found is None else found[0]
+
+    def _checked(self, digest: str) -> tuple[list[Path], list[Image.Image]] | None:
         if not is_photos_hash(digest):
             return None
         entry = self.folder / digest
@@ -91,7 +100,7 @@ class PhotoStore:
             os.utime(entry)
         except OSError:
             pass
-        return images
+        return files, images
 
     def _evict(self, keep: Path) -> None:
         entries = []
