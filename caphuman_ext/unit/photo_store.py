@@ -62,7 +62,7 @@ class PhotoStore:
         staging.mkdir()
         try:
             for index, image in enumerate(images):
-                image.save(staging / f"{index}.png", format="PNG")
+                image.save(staging / f"{index}.png", format="PNG", compress_level=1)  # fast; the bound holds size
             if _entry_bytes(staging) > self.max_bytes:
                 return digest
             os.replace(staging, entry)
