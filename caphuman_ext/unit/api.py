@@ -206,11 +206,12 @@ class CapHumanPayloadGuard:
     """Pure ASGI middleware: checks CapHuman units in txt2img/img2img bodies, answers 422/413 or passes the
     request (its body replayed) to the app."""
 
-    def __init__(self, app, script_title: str = "CapHuman", limits: ApiLimits = ApiLimits()) -> None:
+    def __init__(self, app, script_title: str = "CapHuman", limits: ApiLimits = ApiLimits(),
+                 checks: _LoopSemaphores | None = None) -> None:
         self.app = app
         self.script_title = script_title
         self.limits = limits
-        self.checks = _LoopSemaphores(limits.concurrent_checks)
+        self.checks = checks or _LoopSemaphores(limits.concurrent_checks)  # shared with the routes and rebuilt stacks
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "") if scope.get("type") == "http" else ""
@@ -239,18 +240,19 @@ def _error_response(error: Exception) -> Response:
     return JSONResponse(status_code=400, content={"detail": _printable(error)})
 
 
-def _install_middleware(app, script_title: str, limits: ApiLimits) -> None:
+def _install_middleware(app, script_title: str, limits: ApiLimits, checks: _LoopSemaphores) -> None:
     """Add the guard innermost among the user middleware (so the webui's CORS/GZip wrap its answers) and rebuild a
     stack that was already built, without ever setting it to None while requests may be running."""
     app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not CapHumanPayloadGuard]
-    app.user_middleware.append(Middleware(CapHumanPayloadGuard, script_title=script_title, limits=limits))
+    app.user_middleware.append(Middleware(CapHumanPayloadGuard, script_title=script_title, limits=limits,
+                                          checks=checks))
     if getattr(app, "middleware_stack", None) is not None:
         app.middleware_stack = app.build_middleware_stack()
 
 
 def _install_routes(app, folders: Callable[[], list[Path]], preview: PreviewFunction, version: str,
-                    limits: ApiLimits) -> None:
-    checks, renders = _LoopSemaphores(limits.concurrent_checks), _LoopSemaphores(limits.concurrent_previews)
+                    limits: ApiLimits, checks: _LoopSemaphores) -> None:
+    renders = _LoopSemaphores(limits.concurrent_previews)
 
     async def version_route(request: Request) -> Response:
         return JSONResponse({"version": version})
@@ -301,5 +303,6 @@ def install_api(app, *, folders: Callable[[], list[Path]], preview: PreviewFunct
     """Install the payload guard and the routes on a Starlette/FastAPI `app`, before or after it started serving;
     installing again replaces both. `folders()` gives the model folders, `preview(unit, width, height)` the preview
     images (name -> PIL image) and may raise UnitValidationError (-> 422) or any error (-> 400 with its message)."""
-    _install_middleware(app, script_title, limits)
-    _install_routes(app, folders, preview, version, limits)
+    checks = _LoopSemaphores(limits.concurrent_checks)
+    _install_middleware(app, script_title, limits, checks)
+    _install_routes(app, folders, preview, version, limits, checks)
