@@ -351,6 +351,9 @@ def test_photo_store_round_trip_and_bound(tmp_path):
     restored = store.lookup(digest)
     assert restored is not None and np.array_equal(np.asarray(restored[0]), np.asarray(noise[0]))
     assert [path.name for path in store.paths(digest)] == ["0.png"]
+    posed = UnitParams(reference_images=noise[:1], pose_image=noise[1])
+    assert infotext.pose_hash_from_infotext(infotext.to_infotext(posed)) == photos_hash(noise[1:2])
+    assert infotext.pose_hash_from_infotext(text) is None and infotext.pose_hash_from_infotext("pose photo yes") is None
     assert infotext.to_infotext(UnitParams(reference_images=restored)) == text  # restored photos: same hash
     digests = [store.save([image]) for image in noise[1:]]
     assert store.lookup(digest) is None and all(store.lookup(d) is not None for d in digests)  # oldest evicted

@@ -133,8 +133,8 @@ def test_from_infotext_never_raises_and_pastes_valid_values(text):
     values = infotext.from_infotext(text)
     assert values["enabled"] is True
     check_unit(unit_from_dict({k: v for k, v in values.items() if k != "enabled"}))
-    digest = infotext.photos_hash_from_infotext(text)
-    assert digest is None or len(digest) == 12
+    for digest in (infotext.photos_hash_from_infotext(text), infotext.pose_hash_from_infotext(text)):
+        assert digest is None or len(digest) == 12
 
 
 @fuzz

@@ -1,4 +1,4 @@
-"""A unit's parameters in the PNG info ("CapHuman 2: strength 1; modes position+pose; ...; photos 1a2b3c4d5e6f")
+"""A unit's parameters in the PNG info ("CapHuman 2: strength 1; ...; pose photo no; photos 1a2b3c4d5e6f")
 and back. Keys follow the unit's position (its tab), not the count of enabled units, so a paste lands in the same tab.
 `from_infotext` never raises: whatever text it gets, it returns only values `unit_from_dict` accepts."""
 
@@ -31,9 +31,9 @@ def infotext_key(position: int) -> str:
     return f"CapHuman {position + 1}"
 
 
-def to_infotext(unit: UnitParams, photos: str | None = None) -> str:
-    """The unit's settings as one infotext value; `photos` is the reference photos' hash when the caller has it
-    already (e.g. from PhotoStore.save), else it is computed."""
+def to_infotext(unit: UnitParams, photos: str | None = None, pose: str | None = None) -> str:
+    """The unit's settings as one infotext value, with the hashes of its reference photos and of its pose photo
+    (`photos`/`pose` when the caller has them already, e.g. from PhotoStore.save, else computed)."""
     parts = []
     for name in SAVED:
         value = getattr(unit, name)
@@ -44,7 +44,7 @@ def to_infotext(unit: UnitParams, photos: str | None = None) -> str:
         elif isinstance(value, float):
             value = f"{value:g}"
         parts.append(f"{name} {value}")
-    parts.append(f"pose photo {'yes' if unit.pose_image is not None else 'no'}")
+    parts.append(f"pose photo {'no' if unit.pose_image is None else pose or photos_hash([unit.pose_image])}")
     if unit.reference_images:
         parts.append(f"{PHOTOS} {photos or photos_hash(unit.reference_images)}")
     return "; ".join(parts)
@@ -99,4 +99,14 @@ def photos_hash_from_infotext(text: Any) -> str | None:
     for name, value in _parts(text):
         if name == PHOTOS and is_photos_hash(value):
             return value
+    return None
+
+
+def pose_hash_from_infotext(text: Any) -> str | None:
+    """The pose photo's hash written by `to_infotext` (a one-photo set in the store), or None (no pose photo, or
+    an infotext from before hashes: 'pose photo yes')."""
+    for name, value in _parts(text):
+        kind, _, digest = value.partition(" ")
+        if name == "pose" and kind == "photo" and is_photos_hash(digest):
+            return digest
     return None
