@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import sys
 from pathlib import Path
 
@@ -15,10 +12,11 @@ if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
 from caphuman_ext.hosts import a1111  # noqa: E402
+from caphuman_ext.unit.api import install_api  # noqa: E402
 from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
 from caphuman_ext.unit.infotext import from_infotext, infotext_key  # noqa: E402
 from caphuman_ext.unit.models import list_capface_models, model_folders  # noqa: E402
-from caphuman_ext.unit.params import FIELD_ORDER, UnitValidationError, unit_from_dict  # noqa: E402
+from caphuman_ext.unit.params import FIELD_ORDER, unit_from_dict  # noqa: E402
 from preprocessors.head.codes import MODES  # noqa: E402
 from preprocessors.head.frames import RESIZE_MODES  # noqa: E402
 
@@ -212,72 +210,7 @@ script_callbacks.on_ui_settings(_on_ui_settings)
 
 
 def _on_app_started(demo, app):
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
-    @app.middleware("http")
-    async def validate_caphuman_payload(request: Request, call_next):
-        if request.method == "POST" and request.url.path in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img"):
-            body = await request.body()
-            try:
-                scripts_args = (json.loads(body or b"{}").get("alwayson_scripts") or {})
-                entry = next((v for k, v in scripts_args.items() if k.lower() == SCRIPT_TITLE.lower()), None)
-                if entry is not None:
-                    units = entry.get("args", []) if isinstance(entry, dict) else entry
-                    if not isinstance(units, list):
-                        raise UnitValidationError("args", "expected a list of unit objects")
-                    for index, unit in enumerate(units):
-                        try:
-                            unit_from_dict(unit)
-                        except UnitValidationError as error:
-                            raise UnitValidationError(f"args[{index}].{error.field}", error.reason) from error
-            except UnitValidationError as error:
-                return JSONResponse(status_code=422, content={"detail": [{
-                    "loc": ["body", "alwayson_scripts", SCRIPT_TITLE, *error.field.split(".")],
-                    "msg": error.reason, "type": "value_error.caphuman"}]})
-            except (ValueError, AttributeError):
-                pass  # not JSON we understand: the webui answers it
-
-            async def receive():
-                return {"type": "http.request", "body": body}
-
-            request = Request(request.scope, receive)
-        return await call_next(request)
-
-    @app.get("/caphuman/v1/version")
-    def version():
-        return {"version": VERSION}
-
-    @app.get("/caphuman/v1/models")
-    def models():
-        from preprocessors.head.assets import HeadAssets, MissingHeadAssetError
-
-        try:
-            HeadAssets.find(_folders())
-            head = "ok"
-        except MissingHeadAssetError as error:
-            head = str(error)
-        return {"models": list(list_capface_models(_folders())), "folders": [str(f) for f in _folders()],
-                "head_assets": head}
-
-    @app.post("/caphuman/v1/preview")
-    def preview(payload: dict):
-        width, height = int(payload.pop("width", 512)), int(payload.pop("height", 512))
-        try:
-            unit = unit_from_dict({**payload, "enabled": True})
-            images = _preview(unit, width, height)
-        except UnitValidationError as error:
-            return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", error.field],
-                                                                      "msg": error.reason}]})
-        except Exception as error:  # noqa: BLE001
-            return JSONResponse(status_code=400, content={"detail": str(error)})
-
-        def encode(image):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return base64.b64encode(buffer.getvalue()).decode()
-
-        return {"images": {name: encode(image) for name, image in images.items()}}
+    install_api(app, folders=_folders, preview=_preview, version=VERSION, script_title=SCRIPT_TITLE)
 
 
 script_callbacks.on_app_started(_on_app_started)

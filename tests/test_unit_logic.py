@@ -8,11 +8,11 @@ import io
 import pytest
 from PIL import Image
 
+from caphuman_ext.lifecycle.generation import in_window
+from caphuman_ext.lifecycle.rows import RowPlan, cfg_rows
 from caphuman_ext.unit.infotext import from_infotext, infotext_key, to_infotext
 from caphuman_ext.unit.models import list_capface_models
 from caphuman_ext.unit.params import FIELD_ORDER, UnitParams, UnitValidationError, unit_from_dict, units_from_args
-from caphuman_ext.lifecycle.generation import in_window
-from caphuman_ext.lifecycle.rows import RowPlan, cfg_rows
 from caphuman_ext.unit.schedule import pose_only_tau
 
 
