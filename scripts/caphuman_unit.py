@@ -14,9 +14,11 @@ if str(EXTENSION_ROOT) not in sys.path:
 from caphuman_ext.hosts import a1111  # noqa: E402
 from caphuman_ext.unit.api import install_api  # noqa: E402
 from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
-from caphuman_ext.unit.infotext import from_infotext, infotext_key  # noqa: E402
+from caphuman_ext.unit.infotext import to_infotext  # noqa: E402
 from caphuman_ext.unit.models import list_capface_models, model_folders  # noqa: E402
 from caphuman_ext.unit.params import FIELD_ORDER, unit_from_dict  # noqa: E402
+from caphuman_ext.unit.paste import PastedUnit, pasted_unit  # noqa: E402
+from caphuman_ext.unit.photo_store import PhotoStore  # noqa: E402
 from preprocessors.head.codes import MODES  # noqa: E402
 from preprocessors.head.frames import RESIZE_MODES  # noqa: E402
 
@@ -44,6 +46,27 @@ def builder() -> UnitBuilder:
     if _BUILDER is None or (_BUILDER.folders, _BUILDER.allow_download, _BUILDER.cache_size) != settings:
         _BUILDER = UnitBuilder(*settings)
     return _BUILDER
+
+
+_PHOTO_STORE: PhotoStore | None = None
+
+
+def _photo_store() -> PhotoStore:
+    """Reference photos of generated images, keyed by the hash their infotext carries (for paste)."""
+    global _PHOTO_STORE
+    if _PHOTO_STORE is None:
+        from modules import paths
+
+        root = Path(getattr(paths, "data_path", None) or Path(paths.models_path).parent)
+        _PHOTO_STORE = PhotoStore(root / "caphuman" / "photos")
+    return _PHOTO_STORE
+
+
+def _infotext(unit) -> str:
+    """A unit's infotext, its photos saved in the local store under the hashes written there."""
+    store = _photo_store()
+    pose = store.save([unit.pose_image]) if unit.pose_image is not None else None
+    return to_infotext(unit, store.save(unit.reference_images), pose)
 
 
 def _offload() -> bool:
@@ -137,23 +160,36 @@ class Script(scripts.Script):
         assert len(values) == len(FIELD_ORDER)
         refresh.click(lambda: gr.update(choices=[""] + list(list_capface_models(_folders()))), outputs=[model])
         preview_button.click(_preview_ui, inputs=[*values, width, height], outputs=[preview, message])
-        key = infotext_key(index)
-        # Paste never enables a unit (its photos are not in the infotext): it says what is left to do.
-        self.infotext_fields.append((message, lambda d, key=key, index=index: (
-            f"Pasted the settings of CapHuman unit {index + 1}: add the person's photo and tick **Enable**."
-            if key in d else gr.update())))
-        for name, component in zip(FIELD_ORDER, values):
-            if name in ("enabled", "reference_images", "more_reference_images", "pose_image", "allow_whole_image"):
-                continue
-            self.infotext_fields.append((component, lambda d, key=key, name=name:
-                                         from_infotext(d[key]).get(name, gr.update()) if key in d else gr.update()))
+        self._paste_fields(index, dict(zip(FIELD_ORDER, values)), message)
         return values
+
+    def _paste_fields(self, index: int, components: dict, message) -> None:
+        """Paste: settings by unit position; photos (and `enabled`) only when the local photo store has them."""
+        import gradio as gr
+
+        def field(name: str):
+            def value(params: dict):
+                pasted = pasted_unit(params, index, _photo_store())
+                if pasted is None:
+                    return gr.update()
+                if name in pasted.settings:
+                    return gr.update(value=pasted.settings[name])
+                found = {"enabled": pasted.enabled, "reference_images": pasted.reference,
+                         "more_reference_images": pasted.more, "pose_image": pasted.pose}.get(name)
+                return gr.update() if found is None else gr.update(value=found)
+            return value
+
+        for name, component in components.items():
+            if name != "allow_whole_image":
+                self.infotext_fields.append((component, field(name)))
+        self.infotext_fields.append((message, lambda params: gr.update(value=(
+            pasted_unit(params, index, _photo_store()) or PastedUnit()).message or "")))
 
     def process(self, p, *args):
         device = devices.device
         a1111.start(p, args, prepare=lambda unit, position: builder().prepare(unit, device, position),
                     render=lambda unit, width, height: builder().hint(unit, width, height, device),
-                    offload=_offload())
+                    offload=_offload(), describe=_infotext)
         if a1111.generation_of(p) is not None:
             _after_use()
 

@@ -62,7 +62,9 @@ def generate(webui, units=(), **fields):
     webui_sim.CALL_LOG.clear()
     fields.setdefault("base", webui.base)
     p = webui_sim.Processing(script=webui.script, script_args=tuple(units), **fields)
-    return webui_sim.process_images(p), p
+    images = webui_sim.process_images(p)
+    p.calls = list(webui_sim.CALL_LOG)
+    return images, p
 
 
 def plain_then_caphuman_then_plain(webui, units, **fields):
@@ -94,11 +96,10 @@ def test_caphuman_changes_every_image_and_leaves_no_trace(webui):
     dict(width=96, height=136, enable_hr=True, hr_resize_x=200, hr_resize_y=120),
 ], ids=["hires-batch-count-2", "width-132", "hires-x1.3", "hires-resize-to-192x128", "hires-resize-odd"])
 def test_every_size_gets_a_hint_of_its_latent(webui, fields):
-    before, steered, _ = plain_then_caphuman_then_plain(webui, [unit(webui)], **fields)
+    before, steered, p = plain_then_caphuman_then_plain(webui, [unit(webui)], **fields)
     assert all(c > 1e-3 for c in changed(before, steered))
-    hr = [call for call in webui_sim.CALL_LOG if call.is_hr_pass]
-    assert all(call.hooked for call in webui_sim.CALL_LOG)
-    assert hr or not fields.get("enable_hr")
+    assert p.calls and all(call.hooked for call in p.calls)
+    assert any(call.is_hr_pass for call in p.calls) or not fields.get("enable_hr")
 
 
 def test_hires_truncated_hint_is_the_first_pass_canvas_cropped(webui):

@@ -60,9 +60,10 @@ def low_vram() -> bool:
     return bool(getattr(options, "lowvram", False) or getattr(options, "medvram", False))
 
 
-def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit],
-          render: Callable, offload: bool) -> Generation | None:
-    """`process`: validate and prepare the enabled units; any error is kept for `p.sample` to raise."""
+def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit], render: Callable,
+          offload: bool, describe: Callable[[UnitParams], str] = to_infotext) -> Generation | None:
+    """`process`: validate and prepare the enabled units; any error is kept for `p.sample` to raise.
+    `describe(unit)` is a unit's infotext, written once the unit has acted."""
     end(p)
     try:
         units = enabled_units(args, getattr(p, "caphuman_overrides", {}))
@@ -81,11 +82,11 @@ def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit],
         else:
             generation = Generation(prepared, render, offload=offload)
     setattr(p, ATTRIBUTE, generation)
-    _wrap_sample(p, generation)
+    _wrap_sample(p, generation, describe)
     return generation
 
 
-def _wrap_sample(p, generation: Generation) -> None:
+def _wrap_sample(p, generation: Generation, describe: Callable[[UnitParams], str]) -> None:
     """Raise a stored error before sampling starts; take the hook off when `p.sample` ends, however it ends;
     write each unit's infotext only once it has acted."""
     original = p.sample
@@ -97,8 +98,9 @@ def _wrap_sample(p, generation: Generation) -> None:
         finally:
             generation.detach()
             for unit, acted in zip(generation.units, generation.acted(), strict=True):
-                if acted:
-                    p.extra_generation_params[infotext_key(unit.position)] = to_infotext(unit.params)
+                key = infotext_key(unit.position)
+                if acted and key not in p.extra_generation_params:
+                    p.extra_generation_params[key] = describe(unit.params)
 
     p.sample = sample
 
