@@ -62,6 +62,19 @@ def _photo_store() -> PhotoStore:
     return _PHOTO_STORE
 
 
+_PASTES: dict[tuple[str, int], PastedUnit | None] = {}
+
+
+def _pasted(params: dict, index: int) -> PastedUnit | None:
+    """One paste reads the photo store once per unit, not once per component."""
+    key = (str(params.get(f"CapHuman {index + 1}")), index)
+    if key not in _PASTES:
+        if len(_PASTES) > 16:
+            _PASTES.clear()
+        _PASTES[key] = pasted_unit(params, index, _photo_store())
+    return _PASTES[key]
+
+
 def _infotext(unit) -> str:
     """A unit's infotext, its photos saved in the local store under the hashes written there."""
     store = _photo_store()
@@ -169,7 +182,7 @@ class Script(scripts.Script):
 
         def field(name: str):
             def value(params: dict):
-                pasted = pasted_unit(params, index, _photo_store())
+                pasted = _pasted(params, index)
                 if pasted is None:
                     return gr.update()
                 if name in pasted.settings:
@@ -183,7 +196,7 @@ class Script(scripts.Script):
             if name != "allow_whole_image":
                 self.infotext_fields.append((component, field(name)))
         self.infotext_fields.append((message, lambda params: gr.update(value=(
-            pasted_unit(params, index, _photo_store()) or PastedUnit()).message or "")))
+            _pasted(params, index) or PastedUnit()).message or "")))
 
     def process(self, p, *args):
         device = devices.device
@@ -265,7 +278,7 @@ def _register_xyz_axes():
         return apply
 
     for label, name, cast in (("Strength", "strength", float), ("Start", "start", float), ("End", "end", float),
-                              ("Pose-only phase", "pose_only", float), ("Yaw", "yaw", float),
+                              ("Pose-only steps", "pose_only", float), ("Yaw", "yaw", float),
                               ("Pitch", "pitch", float), ("Roll", "roll", float), ("Modes", "modes", str)):
         xyz.axis_options.append(xyz.AxisOption(f"[CapHuman] {label}", cast, setter(name, cast)))
 
