@@ -47,11 +47,15 @@ NEEDED_BY_NO_DEPS_PACKAGES = {"einops": "ldm", "omegaconf": "ldm", "requests": "
 def imported_modules(paths) -> set[str]:
     """Top-level names of every `import x` / `from x import` in the Python files under `paths`."""
     import ast
+    import warnings
 
     names: set[str] = set()
     for root in paths:
         for path in Path(root).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            with warnings.catch_warnings():  # other packages' sources may hold invalid escape sequences
+                warnings.simplefilter("ignore")
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
                 if isinstance(node, ast.Import):
                     names.update(alias.name.split(".")[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
