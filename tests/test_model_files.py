@@ -219,20 +219,26 @@ def test_download_with_other_bytes_is_not_kept(tmp_path, monkeypatch):
     assert not list((tmp_path / "models").iterdir())  # neither the file nor a .part
 
 
-def test_unit_identity_from_a_checkpoint_without_clip_and_a_controlnet_copy(tmp_path, clip_model_state):
-    """Acceptance: a caphuman.ckpt without CLIP keys + clip_vitl.pth of sd-webui-controlnet -> identity tokens,
-    computed with the vision tower of that file."""
+@pytest.mark.parametrize("layout", ["sd-webui-controlnet", "Hugging Face cache"])
+def test_identity_from_a_checkpoint_without_clip(tmp_path, clip_model_state, layout):
+    """Acceptance: a caphuman.ckpt without CLIP keys, plus either sd-webui-controlnet's clip_vitl.pth or only a
+    Hugging Face cache -> identity tokens computed with that file's vision tower."""
     parity = shared_dir() / "parity"
     if not parity.is_dir():
         pytest.skip("reference data not found")
     models = run_shared_generator(parity, "make_synthetic_identity.py", tmp_path / "CapHuman")
     ckpt = models / "caphuman.ckpt"
     torch.save({"state_dict": capface_state()}, ckpt)
-    annotators = tmp_path / "downloads"
-    (annotators / "clip_vision").mkdir(parents=True)
-    torch.save(clip_model_state, annotators / "clip_vision" / "clip_vitl.pth")
+    annotators, caches = [], []
+    if layout == "sd-webui-controlnet":
+        annotators = [tmp_path / "downloads"]
+        (annotators[0] / "clip_vision").mkdir(parents=True)
+        torch.save(clip_model_state, annotators[0] / "clip_vision" / "clip_vitl.pth")
+    else:
+        caches = [tmp_path / "hub"]
+        hub_cache(caches[0], clip_model_state, "pytorch_model.bin")
     paths = IdentityModelPaths(clip_vision=ckpt, folders=[models], allow_download=False,
-                               annotator_dirs=[annotators], hub_caches=[])
+                               annotator_dirs=annotators, hub_caches=caches)
     identity = IdentityEncoder(paths).encode(Image.open(models / "identity.png"))
     expected = clip_tokens(build_clip_vision(vision_part(clip_model_state)), clip_pixel_values(identity.face_only))
     assert identity.clip_tokens.shape == (1, 257, 64)
