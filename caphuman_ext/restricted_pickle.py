@@ -10,6 +10,7 @@ refusal.
 from __future__ import annotations
 
 import _compat_pickle
+import _pickle
 import collections
 import copyreg
 import pickle
@@ -142,7 +143,7 @@ class _StorageTypeOnly:
         raise ForbiddenPickleError(f"refusing to construct {self.__name__} from a pickle")
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(_pickle.Unpickler):
     """Resolves globals through `allowed`; anything else becomes an inert placeholder when `placeholders` is true,
     else is refused."""
 

@@ -11,7 +11,7 @@ pickle declares must fit in what is left of the file, so a small file cannot ask
 
 from __future__ import annotations
 
-import pickle
+import _pickle
 import struct
 import tarfile
 import types
@@ -94,7 +94,7 @@ def _restricted_module(limit: int) -> types.SimpleNamespace:
         @persistent_load.setter
         def persistent_load(self, function: Any) -> None:  # torch assigns its own; ours checks it first
             self._persistent_load = _checked_persistent_load(function, budget)
-            pickle.Unpickler.__dict__["persistent_load"].__set__(self, self._persistent_load)
+            _pickle.Unpickler.__dict__["persistent_load"].__set__(self, self._persistent_load)
 
     Unpickler.allowed = allowed
 
