@@ -5,7 +5,8 @@ What random weights can and cannot show: FaceNet and E_flame are random, so thei
 their own. Similarity still ranks "same pixels" > "same photo, JPEG" > "another person" (checked below), and the
 head's PLACE follows the image (MTCNN is trained; DECA's crop follows its box). A random E_flame's pose code does not
 follow an in-plane rotation of the image (measured: 0.02° roll error after rotating the face by 25°), so the roll
-direction is checked on the target side (the roll slider) and on composed rotations, not by rotating the image.
+direction is checked on the target side (the roll slider), on composed rotations, and by turning the image once
+E_flame's pose rows are hand-set to a roll readout.
 """
 
 from __future__ import annotations
