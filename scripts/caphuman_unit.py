@@ -65,6 +65,25 @@ def builder() -> UnitBuilder:
     return _BUILDER
 
 
+_SCORER = None
+
+
+def _scorer():
+    """The quality scorer, sharing the unit builder's models."""
+    global _SCORER
+    from caphuman_ext.quality import Scorer
+
+    if _SCORER is None or _SCORER.builder is not builder():
+        _SCORER = Scorer(builder=builder())
+    return _SCORER
+
+
+def _score(payload: dict) -> dict:
+    from caphuman_ext.quality.api import score_request
+
+    return score_request(payload, _scorer())
+
+
 def _model_files(verify: bool = False) -> list[dict]:
     return model_status(_folders(), annotator_dirs=_annotator_dirs(), verify=verify)
 
@@ -237,8 +256,31 @@ class Script(scripts.Script):
         if generation is not None:
             generation.detach()
 
+    def postprocess_image(self, p, pp, *args):
+        """With "Score CapHuman results" on: each image's scores in its infotext, an overlay kept for the gallery."""
+        generation = a1111.generation_of(p)
+        if generation is None or not _opt("caphuman_score", False):
+            return
+        units = [unit for unit, acted in zip(generation.units, generation.acted(), strict=True) if acted]
+        if not units:
+            return
+        try:
+            result = _scorer().score(pp.image, [unit.params for unit in units], overlay=True)
+        except Exception as error:  # noqa: BLE001 - a score is extra information: the image stays
+            print(f"CapHuman: scoring failed: {error}")
+            return
+        for face in result.faces:  # keyed by the unit's tab, like its settings
+            p.extra_generation_params[f"CapHuman score {units[face.unit].position + 1}"] = face.text()
+        if result.overlay is not None:
+            generation.extras.append(result.overlay)
+
     def postprocess(self, p, processed, *args):
-        if a1111.generation_of(p) is not None:
+        generation = a1111.generation_of(p)
+        if generation is not None:
+            for overlay in generation.extras:
+                processed.images.append(overlay)
+                if hasattr(processed, "infotexts"):
+                    processed.infotexts.append("CapHuman score overlay: target landmarks green, fitted red")
             a1111.end(p)
             _after_use()
 
@@ -270,6 +312,9 @@ def _on_ui_settings():
                                                     section=section),
         "caphuman_offload": shared.OptionInfo(False, "Move CapHuman models to the CPU after each generation "
                                               "(always on with --medvram / --lowvram)", section=section),
+        "caphuman_score": shared.OptionInfo(False, "Score CapHuman results: identity similarity and head-control "
+                                            "errors in the infotext, and an overlay of the target head",
+                                            section=section),
         "caphuman_cache_size": shared.OptionInfo(16, "Photos remembered by the identity and head caches", gr.Slider,
                                                  {"minimum": 1, "maximum": 128, "step": 1}, section=section),
     }
@@ -282,7 +327,7 @@ script_callbacks.on_ui_settings(_on_ui_settings)
 
 def _on_app_started(demo, app):
     install_api(app, folders=_folders, preview=_preview, version=VERSION, script_title=SCRIPT_TITLE,
-                model_files=_model_files)
+                model_files=_model_files, score=_score)
 
 
 script_callbacks.on_app_started(_on_app_started)

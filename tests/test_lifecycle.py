@@ -433,3 +433,13 @@ def test_hook_is_on_only_while_sampling(webui):
     assert webui_sim.CALL_LOG and all(call.hooked for call in webui_sim.CALL_LOG)
     assert not any(isinstance(getattr(h, "__self__", None), UNetHook)
                    for h in webui.base.model.diffusion_model._forward_pre_hooks.values())
+
+
+def test_score_setting_writes_scores_and_adds_an_overlay(webui):
+    webui.fake.shared.opts.caphuman_score = True
+    try:
+        images, p = generate(webui, [{"enabled": False}, unit(webui)], steps=2)
+    finally:
+        webui.fake.shared.opts.caphuman_score = False
+    assert "CapHuman score 2" in p.extra_generation_params  # keyed like the unit, by its tab
+    assert len(p.processed.images) == len(images) + 1  # the overlay follows the images

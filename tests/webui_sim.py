@@ -61,6 +61,9 @@ class Script:
     def post_sample(self, p, ps, *args):
         pass
 
+    def postprocess_image(self, p, pp, *args):
+        pass
+
     def postprocess(self, p, processed, *args):
         pass
 
@@ -72,7 +75,15 @@ class PostSampleArgs:
 
 @dataclass
 class PostprocessImageArgs:
-    image: torch.Tensor
+    image: object  # a PIL image
+
+
+def latent_picture(latent: torch.Tensor):
+    """A PIL stand-in for the decoded image (no VAE here): three latent channels, 8× upscaled."""
+    from PIL import Image
+
+    rgb = ((latent[0, :3].clamp(-3, 3) + 3) / 6 * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(rgb).resize((latent.shape[-1] * OPT_F, latent.shape[-2] * OPT_F))
 
 
 CALLBACKS: dict[str, list] = {}
@@ -462,8 +473,10 @@ def _process_images(p: Processing) -> list[torch.Tensor]:
             image = image[None]
             if p.postprocess_image_pass is not None:
                 image = p.postprocess_image_pass(p, image)
+            swallow(p.script.postprocess_image, p, PostprocessImageArgs(latent_picture(image)), *p.script_args)
             images.append(image)
-    swallow(p.script.postprocess, p, types.SimpleNamespace(images=images), *p.script_args)
+    p.processed = types.SimpleNamespace(images=list(images), infotexts=[""] * len(images))
+    swallow(p.script.postprocess, p, p.processed, *p.script_args)
     return images
 
 

@@ -70,6 +70,7 @@ class Generation:
         self.hook: UNetHook | None = None
         self._hints: dict[tuple, list[torch.Tensor]] = {}
         self._failure: torch.utils.hooks.RemovableHandle | None = None
+        self.extras: list = []  # images the host adds to the job's output (score overlays)
 
     @classmethod
     def failed(cls, message: str) -> Generation:
