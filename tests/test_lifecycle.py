@@ -249,7 +249,7 @@ def test_incompatible_capface_stops_with_a_clear_message(webui, tmp_path):
     small = webui_sim.FakeSDModel(tiny_unet(seed=8, channel_mult=[1, 2, 2]), "small")
     webui_sim.CALL_LOG.clear()
     p = webui_sim.Processing(script=webui.script, script_args=(unit(webui),), base=small)
-    with pytest.raises(RuntimeError, match="does not fit the loaded checkpoint"):
+    with pytest.raises(RuntimeError, match="caphuman_tiny.safetensors: the CapFace .* does not fit the loaded"):
         webui_sim.process_images(p)
     assert not webui_sim.CALL_LOG  # stopped before any UNet call
     assert webui_sim.no_caphuman_hooks(small.model.diffusion_model)
@@ -446,3 +446,29 @@ def test_score_setting_writes_scores_and_adds_an_overlay(webui):
         webui.fake.shared.opts.caphuman_score = False
     assert "CapHuman score 2" in p.extra_generation_params  # keyed like the unit, by its tab
     assert len(p.processed.images) == len(images) + 1  # the overlay follows the images
+
+
+@pytest.mark.parametrize("kind", ["sd2-flag", "text-width"])
+def test_other_model_families_are_refused(webui, kind):
+    """An SD2 UNet has SD1.5's block widths: the webui's model flags and the cross-attention width tell."""
+    if kind == "sd2-flag":
+        model = webui_sim.FakeSDModel(tiny_unet(seed=1), "sd2")
+        model.is_sd1, model.is_sd2 = False, True
+        match = "SD1.x checkpoints only"
+    else:
+        model = webui_sim.FakeSDModel(tiny_unet(seed=1, context_dim=48), "wide")
+        match = "text context"
+    p = webui_sim.Processing(script=webui.script, script_args=(unit(webui),), base=model)
+    with pytest.raises(RuntimeError, match=match):
+        webui_sim.process_images(p)
+    assert webui_sim.no_caphuman_hooks(model.model.diffusion_model)
+
+
+def test_xyz_cells_sharing_one_infotext_dict_each_write_their_own(webui):
+    """The X/Y/Z plot copies p shallowly: every cell shares one extra_generation_params."""
+    shared_params: dict = {}
+    for strength in (0.5, 1.5):
+        p = webui_sim.Processing(script=webui.script, script_args=(unit(webui, strength=strength),),
+                                 base=webui.base, steps=2, extra_generation_params=shared_params)
+        webui_sim.process_images(p)
+        assert f"strength {strength:g};" in shared_params["CapHuman 1"]

@@ -99,7 +99,7 @@ class UnitBuilder:
         identity = self.encoder(path, device).encode(unit.reference_images, unit.face_index, unit.allow_whole_image)
         with torch.no_grad():
             context = capface.identity_context(identity.clip_tokens, identity.face_embedding)
-        return PreparedUnit(unit, capface, context.detach(), position)
+        return PreparedUnit(unit, capface, context.detach(), position, path.name)
 
     def build(self, unit: UnitParams, width: int, height: int, device: torch.device) -> BuiltUnit:
         """A unit as one control for a W×H picture (Python API; the webui renders per pass through `prepare`).
