@@ -25,7 +25,7 @@ from .restricted_pickle import (
     ForbiddenPickleError,
     Placeholder,
     RestrictedUnpickler,
-    _StorageTypeOnly,
+    StorageTypeOnly,
     base_globals,
     check_tensor_view,
     torch_globals,
@@ -105,7 +105,7 @@ def _restricted_module(limit: int) -> types.SimpleNamespace:
 
     def load(file: IO[bytes], **kwargs: Any) -> Any:
         result = StrictUnpickler(file, **kwargs).load()
-        if isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], _StorageTypeOnly):
+        if isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], StorageTypeOnly):
             _check_tar_storage(file, result, budget)
         return result
 
