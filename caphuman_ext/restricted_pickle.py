@@ -127,11 +127,11 @@ def torch_globals() -> dict[tuple[str, str], Any]:
         if isinstance(value, torch.dtype):
             allowed[("torch", name)] = value
         elif isinstance(value, type) and issubclass(value, torch.storage._LegacyStorage):
-            allowed[("torch", name)] = _StorageTypeOnly(value)
+            allowed[("torch", name)] = StorageTypeOnly(value)
     return allowed
 
 
-class _StorageTypeOnly:
+class StorageTypeOnly:
     """A torch storage class a legacy file names (for its dtype); calling it to allocate is refused."""
 
     def __init__(self, storage_class: type) -> None:
