@@ -77,8 +77,11 @@ class BaseModel:
     def get_dtype(self) -> torch.dtype:
         return next(self.diffusion_model.parameters()).dtype
 
-    def apply_model(self, x, sigma, c_crossattn, control=None, transformer_options=None) -> torch.Tensor:
+    def apply_model(self, x, sigma, c_crossattn, control=None, transformer_options=None, **kwargs) -> torch.Tensor:
         xc = self.model_sampling.calculate_input(sigma, x)
+        for value in kwargs.values():  # Forge casts every extra keyword with a dtype (`control_model` among them)
+            if hasattr(value, "dtype") and value.dtype not in (torch.int, torch.long):
+                value.to(self.get_dtype())
         return forge_unet_forward(self.diffusion_model, xc, self.model_sampling.timestep(sigma).float(),
                                   c_crossattn, control)
 
@@ -186,7 +189,8 @@ def calc_cond_uncond(unet_patcher: UnetPatcher, x, sigma, conds: list, uncond, c
                 pointer.transformer_options = options
                 pointer = pointer.previous_controlnet
             result = control.get_control(input_x, timestep, {"c_crossattn": context}, len(cond_or_uncond))
-        out = unet_patcher.model.apply_model(input_x, timestep, context, control=result, transformer_options=options)
+        out = unet_patcher.model.apply_model(input_x, timestep, context, control=result, transformer_options=options,
+                                             control_model=control)
         outputs += list(out.chunk(len(batch)))
     return outputs
 

@@ -144,11 +144,11 @@ class CapHumanControl:
     error (Forge does not swallow what sampling raises).
     """
 
-    def __init__(self, generation: Generation, model_sampling=None, dtype: torch.dtype | None = None,
+    def __init__(self, generation: Generation, model_sampling=None, unet_dtype: torch.dtype | None = None,
                  patchers: Sequence = ()) -> None:
         self.generation = generation
         self.model_sampling = model_sampling
-        self.dtype = dtype
+        self.unet_dtype = unet_dtype  # not `dtype`: Forge's apply_model casts every keyword with a dtype (this too)
         self.patchers = list(patchers)
         self.previous_controlnet = None
         self.transformer_options: dict = {}
@@ -183,7 +183,7 @@ class CapHumanControl:
         return 0
 
     def copy(self) -> CapHumanControl:
-        return CapHumanControl(self.generation, self.model_sampling, self.dtype, self.patchers)
+        return CapHumanControl(self.generation, self.model_sampling, self.unet_dtype, self.patchers)
 
     def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int) -> Control | None:
         self.generation.raise_if_failed()
@@ -196,7 +196,7 @@ class CapHumanControl:
         x = sampling.calculate_input(t, x_noisy)
         timesteps = sampling.timestep(t).float()
         try:
-            residuals = capface_residuals(self.generation.controls, x, timesteps, batched_number, self.dtype)
+            residuals = capface_residuals(self.generation.controls, x, timesteps, batched_number, self.unet_dtype)
         except CapHumanError:
             raise
         except Exception as error:  # noqa: BLE001 - shown to the user instead of a stack trace from inside Forge
