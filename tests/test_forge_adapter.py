@@ -546,3 +546,23 @@ def test_capface_builds_from_forge_neo_blocks(monkeypatch):
     monkeypatch.setattr(capface_module, "_ldm", forge.ldm_blocks)
     built = capface_module.CapFace(TINY_CAPFACE)
     assert built.state_dict().keys() == random_capface().state_dict().keys()
+
+
+def test_script_dispatches_to_the_forge_adapter_only_in_forge(tmp_path, monkeypatch):
+    from caphuman_ext.hosts import a1111
+    from tests import webui_sim
+
+    saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
+    try:
+        webui_sim.install_fake_webui(tmp_path)
+        assert webui_sim.load_script_module().host is a1111
+        (tmp_path / "modules_forge").mkdir()
+        (tmp_path / "modules_forge" / "__init__.py").write_text("")
+        monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+        script = webui_sim.load_script_module()
+        assert script.host is forge
+        assert webui_sim.CALLBACKS["on_cfg_denoiser"][-1] is forge.on_cfg_denoiser
+    finally:
+        for key in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
