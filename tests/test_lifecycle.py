@@ -44,11 +44,13 @@ def webui(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
     _write_capface(folder / "caphuman_tiny.safetensors")
     saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
     fake = webui_sim.install_fake_webui(root)
+    undo_hijack = webui_sim.hijack_unet_cat()
     module = webui_sim.load_script_module()
     photo = Image.open(synthetic / "identity.png").convert("RGB")
     yield SimpleNamespace(script=module.Script(), module=module, fake=fake, photo=photo, folder=folder,
                           base=webui_sim.FakeSDModel(tiny_unet(seed=1), "base"),
                           other=webui_sim.FakeSDModel(tiny_unet(seed=5), "other"))
+    undo_hijack()
     for key in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
         del sys.modules[key]
     sys.modules.update(saved)

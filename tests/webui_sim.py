@@ -84,6 +84,34 @@ def _register(name):
     return register
 
 
+class TorchHijackForUnet:
+    """modules/sd_hijack_unet.py: the webui's UNet concatenates skips of another size by resizing `h` (latents that
+    are not multiples of 8 cells, e.g. hires ×1.3)."""
+
+    def __getattr__(self, item):
+        return getattr(torch, item)
+
+    def cat(self, tensors, *args, **kwargs):
+        if len(tensors) == 2:
+            a, b = tensors
+            if a.shape[-2:] != b.shape[-2:]:
+                a = F.interpolate(a, b.shape[-2:], mode="nearest")
+            tensors = (a, b)
+        return torch.cat(tensors, *args, **kwargs)
+
+
+def hijack_unet_cat():
+    """Apply the webui's UNet `th` hijack to ldm's openaimodel; returns the undo."""
+    from ldm.modules.diffusionmodules import openaimodel
+
+    original = openaimodel.th
+    openaimodel.th = TorchHijackForUnet()
+
+    def undo():
+        openaimodel.th = original
+    return undo
+
+
 def install_fake_webui(models_path: Path) -> types.SimpleNamespace:
     """Put stand-ins for the webui's `modules` into sys.modules; returns them."""
     modules = types.ModuleType("modules")
@@ -383,7 +411,9 @@ class Processing:
             x = self.init_latent.expand(len(seeds), -1, -1, -1).clone()
             swallow(self.script.process_before_every_sampling, self, *self.script_args, x=x, noise=noise,
                     c=conditioning, uc=unconditional_conditioning)
-            return self.sampler.sample_img2img(self, x, torch.randn_like(x), conditioning, unconditional_conditioning)
+            noise = torch.cat([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(s))[None]
+                               for s in seeds])
+            return self.sampler.sample_img2img(self, x, noise, conditioning, unconditional_conditioning)
         swallow(self.script.process_before_every_sampling, self, *self.script_args, x=noise, noise=noise,
                 c=conditioning, uc=unconditional_conditioning)
         samples = self.sampler.sample(self, noise, conditioning, unconditional_conditioning)

@@ -251,14 +251,22 @@ def _install_middleware(app, script_title: str, limits: ApiLimits, checks: _Loop
 
 
 def _install_routes(app, folders: Callable[[], list[Path]], preview: PreviewFunction, version: str,
-                    limits: ApiLimits, checks: _LoopSemaphores) -> None:
+                    limits: ApiLimits, checks: _LoopSemaphores,
+                    model_files: Callable[[bool], list[dict]] | None = None) -> None:
     renders = _LoopSemaphores(limits.concurrent_previews)
 
     async def version_route(request: Request) -> Response:
         return JSONResponse({"version": version})
 
+    def models_answer(verify: bool) -> dict:
+        answer = _models_answer(folders())
+        if model_files is not None:
+            answer["files"] = model_files(verify)
+        return answer
+
     async def models_route(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(lambda: _models_answer(folders())))
+        verify = request.query_params.get("verify", "").lower() in ("1", "true", "yes")
+        return JSONResponse(await run_in_threadpool(models_answer, verify))
 
     def validate_preview(body: bytes) -> tuple[UnitParams, int, int]:
         payload = parse_json(body)
@@ -299,10 +307,12 @@ def _install_routes(app, folders: Callable[[], list[Path]], preview: PreviewFunc
 
 
 def install_api(app, *, folders: Callable[[], list[Path]], preview: PreviewFunction, version: str,
-                script_title: str = "CapHuman", limits: ApiLimits = ApiLimits()) -> None:
+                script_title: str = "CapHuman", limits: ApiLimits = ApiLimits(),
+                model_files: Callable[[bool], list[dict]] | None = None) -> None:
     """Install the payload guard and the routes on a Starlette/FastAPI `app`, before or after it started serving;
     installing again replaces both. `folders()` gives the model folders, `preview(unit, width, height)` the preview
-    images (name -> PIL image) and may raise UnitValidationError (-> 422) or any error (-> 400 with its message)."""
+    images (name -> PIL image) and may raise UnitValidationError (-> 422) or any error (-> 400 with its message);
+    `model_files(verify)` the model-files status listed by `GET /caphuman/v1/models` (`?verify=1` hashes files)."""
     checks = _LoopSemaphores(limits.concurrent_checks)
     _install_middleware(app, script_title, limits, checks)
-    _install_routes(app, folders, preview, version, limits, checks)
+    _install_routes(app, folders, preview, version, limits, checks, model_files)
