@@ -434,6 +434,39 @@ def test_step_window_and_pose_only_follow_cfg_denoiser_steps(unet, capfaces):
     assert control.identity_on is False  # step 1 of 4 < 0.4: identity context off, as in A1111
 
 
+def test_reforge_calls_with_transformer_options_down_the_chain(unet, capfaces):
+    """reForge's sampler calls `get_control(x, sigma, cond, chunks, transformer_options)` and reads `extra_hooks`."""
+    calls = []
+
+    class ReForgeControlNet(OtherControlNet):
+        extra_hooks = "its hooks"
+
+        def get_extra_hooks(self):
+            return [self.extra_hooks]
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            calls.append(transformer_options)
+            return super().get_control(x_noisy, t, cond, batched_number)
+
+    x, text, _ = latent_inputs()
+    model = FakeModel(unet)
+    p = FakeP(model)
+    start_generation(p, make_generation(capfaces))
+    channels = [32] * 4 + [64] * 9  # the tiny UNet's 12 input blocks and its middle block
+    other = ReForgeControlNet([torch.zeros(1, c, 1, 1) for c in channels])
+    model.forge_objects.unet = model.pristine.clone()
+    model.forge_objects.unet.add_patched_controlnet(other)
+    forge.before_sampling(p, x)
+    control = model.forge_objects.unet.controlnet_linked_list
+    sigma = DiscreteEps().sigma(torch.tensor([200, 200]))
+    options = {"cond_or_uncond": [0]}
+    with torch.no_grad():
+        result = control.get_control(x, sigma, {"c_crossattn": text}, 1, options)
+    assert calls == [options] and control.transformer_options is options
+    assert control.extra_hooks is None and control.get_extra_hooks() == ["its hooks"]
+    assert len(result["output"]) == 12 and len(result["middle"]) == 1
+
+
 def test_refiner_switch_attaches_to_the_new_unet(unet, capfaces):
     x, _, _ = latent_inputs()
     model = FakeModel(unet)

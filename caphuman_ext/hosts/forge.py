@@ -159,6 +159,7 @@ class CapHumanControl:
         self.timestep_percent_range = (0.0, 1.0)
         self.timestep_range = None
         self.global_average_pooling = False
+        self.extra_hooks = None  # reForge reads it from every link
 
     def set_previous_controlnet(self, controlnet) -> CapHumanControl:
         self.previous_controlnet = controlnet
@@ -177,6 +178,11 @@ class CapHumanControl:
         previous = self.previous_controlnet.get_models() if self.previous_controlnet is not None else []
         return previous + self.patchers
 
+    def get_extra_hooks(self) -> list:
+        """reForge (ComfyUI hooks): this link has none; the previous links' hooks."""
+        previous = self.previous_controlnet
+        return previous.get_extra_hooks() if previous is not None and hasattr(previous, "get_extra_hooks") else []
+
     def inference_memory_requirements(self, dtype) -> int:
         if self.previous_controlnet is not None:
             return self.previous_controlnet.inference_memory_requirements(dtype)
@@ -185,11 +191,15 @@ class CapHumanControl:
     def copy(self) -> CapHumanControl:
         return CapHumanControl(self.generation, self.model_sampling, self.unet_dtype, self.patchers)
 
-    def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int) -> Control | None:
+    def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int,
+                    *transformer_options: dict) -> Control | None:
+        """Forge / Forge Neo call it with 4 arguments; reForge adds `transformer_options`, passed down the chain."""
         self.generation.raise_if_failed()
+        if transformer_options:
+            self.transformer_options = transformer_options[0]
         previous = None
         if self.previous_controlnet is not None:
-            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number)
+            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, *transformer_options)
         sampling = self.model_sampling
         if sampling is None:
             raise CapHumanError("CapHuman: Forge did not give the control its model (pre_run was not called)")
