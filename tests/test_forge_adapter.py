@@ -485,6 +485,7 @@ def test_capface_patchers_join_forge_memory_management(unet, capfaces, monkeypat
     class ModelPatcher:
         def __init__(self, model, load_device, offload_device):
             self.model = model
+            model.device = load_device  # as reForge's (ComfyUI's) ModelPatcher does on load and unload
             made.append(self)
 
     monkeypatch.setattr(forge, "_patcher_class", lambda: ModelPatcher)
@@ -497,7 +498,7 @@ def test_capface_patchers_join_forge_memory_management(unet, capfaces, monkeypat
     model.reset()
     forge.before_sampling(p, x)  # the hires pass: the same patchers, not new ones
     loaded_again = sampling_prepare(model.forge_objects.unet)
-    assert [m.model for m in loaded[1:]] == list(capfaces[:2])
+    assert [m.model.capface for m in loaded[1:]] == list(capfaces[:2])
     assert loaded_again[1:] == loaded[1:] and len(made) == 2
 
 

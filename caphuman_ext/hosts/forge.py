@@ -282,6 +282,15 @@ def _patcher_class() -> type | None:
 _PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class ManagedCapFace(nn.Module):
+    """What Forge's memory management holds: a container, since its ModelPatchers set attributes of their own on the
+    module they manage (reForge: `model.device = ...`, which CapFace's read-only `device` refuses)."""
+
+    def __init__(self, capface: nn.Module) -> None:
+        super().__init__()
+        self.capface = capface
+
+
 def _patchers(generation: Generation, unet_patcher) -> list:
     """One memory-managed patcher per CapFace, made once per generation; the control's `get_models()` hands them to
     Forge, which loads them with the UNet and unloads them when it needs the memory (as its own ControlNets)."""
@@ -289,7 +298,8 @@ def _patchers(generation: Generation, unet_patcher) -> list:
         make = _patcher_class()
         try:
             _PATCHERS[generation] = [] if make is None else [
-                make(unit.capface, load_device=unet_patcher.load_device, offload_device=unet_patcher.offload_device)
+                make(ManagedCapFace(unit.capface), load_device=unet_patcher.load_device,
+                     offload_device=unet_patcher.offload_device)
                 for unit in generation.units]
         except Exception:  # noqa: BLE001 - without them the control moves CapFace to the UNet's device itself
             log.warning("CapHuman: Forge's memory management did not take CapFace", exc_info=True)
