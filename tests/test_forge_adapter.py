@@ -368,6 +368,10 @@ def test_attach_clones_composes_with_another_controlnet_and_leaves_pristine_unet
 
     model.reset()  # the next pass starts from the pristine UNet: nothing of CapHuman there
     assert model.forge_objects.unet.controlnet_linked_list is None
+    forge.end(p)  # and a clone someone kept past the job adds only the other ControlNet's residuals
+    with torch.no_grad():
+        kept = calc_cond_uncond(patched, x, sigma, [text], None)[0]
+    assert torch.equal(kept, only_other)
 
 
 def count_capface_rows(monkeypatch, capface) -> list[int]:

@@ -30,10 +30,11 @@ from ..lifecycle.geometry import Frame
 from ..unit.infotext import to_infotext
 from ..unit.params import UnitParams, UnitValidationError
 from . import a1111
-from .a1111 import ATTRIBUTE, end, generation_of, low_vram, pass_frame, step_progress
+from .a1111 import ATTRIBUTE, generation_of, low_vram, pass_frame, step_progress
 
 log = logging.getLogger(__name__)
 Control = dict[str, list[torch.Tensor | None]]
+_ENDED: weakref.WeakSet = weakref.WeakSet()  # generations whose job has ended: their controls add nothing
 
 
 def detected() -> bool:
@@ -194,6 +195,10 @@ class CapHumanControl:
     def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int,
                     *transformer_options: dict) -> Control | None:
         """Forge / Forge Neo call it with 4 arguments; reForge adds `transformer_options`, passed down the chain."""
+        if self.generation in _ENDED:  # a clone kept past its job (Forge resets forge_objects, others may not)
+            previous = self.previous_controlnet
+            return None if previous is None else previous.get_control(x_noisy, t, cond, batched_number,
+                                                                     *transformer_options)
         self.generation.raise_if_failed()
         if transformer_options:
             self.transformer_options = transformer_options[0]
@@ -339,6 +344,15 @@ def _fail(generation: Generation, error: Exception, model) -> None:
             attach(generation, model)
     except Exception:  # noqa: BLE001 - p.sample still raises it
         log.exception("CapHuman: could not attach the error")
+
+
+def end(p) -> None:
+    """`postprocess` (and the start of the next job on the same `p`): the job's controls stop acting, wherever a
+    clone holding them is kept."""
+    generation = generation_of(p)
+    if generation is not None:
+        _ENDED.add(generation)
+    a1111.end(p)
 
 
 def before_sampling(p, latent: torch.Tensor) -> None:
