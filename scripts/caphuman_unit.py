@@ -11,7 +11,7 @@ EXTENSION_ROOT = Path(__file__).resolve().parents[1]
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
-from caphuman_ext.hosts import a1111  # noqa: E402
+from caphuman_ext.hosts import a1111, forge  # noqa: E402
 from caphuman_ext.model_files import download, model_status  # noqa: E402
 from caphuman_ext.model_files_panel import build_model_files_panel  # noqa: E402
 from caphuman_ext.unit.api import install_api  # noqa: E402
@@ -26,6 +26,7 @@ from preprocessors.head.frames import RESIZE_MODES  # noqa: E402
 from preprocessors.identity.clip_files import controlnet_annotator_dirs  # noqa: E402
 
 VERSION = "0.1.0"
+host = forge if forge.detected() else a1111  # the Forge family (Neo, Classic, reForge) or AUTOMATIC1111
 SCRIPT_TITLE = "CapHuman"
 
 
@@ -124,7 +125,7 @@ def _infotext(unit) -> str:
 
 def _offload() -> bool:
     """Move CapHuman's models off the GPU after use: the setting, or the webui's --medvram / --lowvram."""
-    return bool(_opt("caphuman_offload", False)) or a1111.low_vram()
+    return bool(_opt("caphuman_offload", False)) or host.low_vram()
 
 
 def _after_use() -> None:
@@ -133,7 +134,7 @@ def _after_use() -> None:
         devices.torch_gc()
 
 
-script_callbacks.on_cfg_denoiser(a1111.on_cfg_denoiser)
+script_callbacks.on_cfg_denoiser(host.on_cfg_denoiser)
 
 
 class Script(scripts.Script):
@@ -169,7 +170,7 @@ class Script(scripts.Script):
             pose = gr.Image(label="Pose photo (optional: else the sliders)", type="pil",
                             elem_id=f"caphuman_pose_{uid}")
         more = gr.File(label="More photos of the same person (optional)", file_count="multiple",
-                       file_types=["image"], elem_id=f"caphuman_more_{uid}")
+                       file_types=["image"], type="binary", elem_id=f"caphuman_more_{uid}")
         with gr.Row():
             face_index = gr.Number(label="Face (0 = largest)", value=0, precision=0)
             whole = gr.Checkbox(label="No face found: use the whole photo", value=False)
@@ -241,24 +242,24 @@ class Script(scripts.Script):
 
     def process(self, p, *args):
         device = devices.device
-        a1111.start(p, args, prepare=lambda unit, position: builder().prepare(unit, device, position),
-                    render=lambda unit, width, height: builder().hint(unit, width, height, device),
-                    offload=_offload(), describe=_infotext)
-        if a1111.generation_of(p) is not None:
+        host.start(p, args, prepare=lambda unit, position: builder().prepare(unit, device, position),
+                   render=lambda unit, width, height: builder().hint(unit, width, height, device),
+                   offload=_offload(), describe=_infotext)
+        if host.generation_of(p) is not None:
             _after_use()
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        if a1111.generation_of(p) is not None and "x" in kwargs:
-            a1111.before_sampling(p, kwargs["x"])
+        if host.generation_of(p) is not None and "x" in kwargs:
+            host.before_sampling(p, kwargs["x"])
 
     def post_sample(self, p, ps, *args):
-        generation = a1111.generation_of(p)
+        generation = host.generation_of(p)
         if generation is not None:
             generation.detach()
 
     def postprocess_image(self, p, pp, *args):
         """With "Score CapHuman results" on: each image's scores in its infotext, an overlay kept for the gallery."""
-        generation = a1111.generation_of(p)
+        generation = host.generation_of(p)
         if generation is None or not _opt("caphuman_score", False):
             return
         units = [unit for unit, acted in zip(generation.units, generation.acted(), strict=True) if acted]
@@ -275,13 +276,13 @@ class Script(scripts.Script):
             generation.extras.append(result.overlay)
 
     def postprocess(self, p, processed, *args):
-        generation = a1111.generation_of(p)
+        generation = host.generation_of(p)
         if generation is not None:
             for overlay in generation.extras:
                 processed.images.append(overlay)
                 if hasattr(processed, "infotexts"):
                     processed.infotexts.append("CapHuman score overlay: target landmarks green, fitted red")
-            a1111.end(p)
+            host.end(p)
             _after_use()
 
 

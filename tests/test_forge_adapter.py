@@ -1,0 +1,606 @@
+"""The Forge adapter: the same residuals as the A1111 hook, and the attach logic on a harness of Forge's call path.
+
+The harness follows Forge Classic's sampling path (ldm_patched/modules/samplers.py `calc_cond_uncond_batch`,
+model_base.py `apply_model`, openaimodel.py `UNetModel.forward` with `apply_control`, modules_forge/unet_patcher.py
+`clone` / `add_patched_controlnet`, modules_forge/forge_sampler.py `sampling_prepare`) around a real tiny ldm UNet:
+the control chain is asked for its control once per UNet call with the rows laid out as chunks of images (one chunk per
+cond or uncond entry), and the UNet adds `control['middle']` after its middle block and pops `control['output']` onto
+its skips. Forge resets `forge_objects` before every pass, as `FakeModel.reset` does.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from ldm.modules.diffusionmodules.util import timestep_embedding
+
+from caphuman_ext.hosts import forge
+from caphuman_ext.lifecycle import CapHumanError, Generation, full_frame
+from caphuman_ext.lifecycle.generation import PreparedUnit
+from tests.core_helpers import TINY_CAPFACE, random_capface, reference_eps, tiny_unet
+
+LATENT = (8, 8)
+
+
+# a Forge-shaped harness --------------------------------------------------------------------------------------------
+class DiscreteEps:
+    """Forge's ModelSamplingDiscrete (EPS): sigma -> nearest discrete timestep, input scaled by 1/sqrt(sigma²+1)."""
+
+    def __init__(self) -> None:
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        alphas = torch.cumprod(1 - betas, dim=0)
+        self.log_sigmas = (((1 - alphas) / alphas) ** 0.5).log().float()
+
+    def sigma(self, timestep: int) -> torch.Tensor:
+        return self.log_sigmas[timestep].exp()
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return (sigma.log()[None] - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x / (sigma.view(-1, 1, 1, 1) ** 2 + 1.0) ** 0.5
+
+
+def apply_control(h: torch.Tensor, control: dict | None, name: str) -> torch.Tensor:
+    if control is not None and control.get(name):
+        residual = control[name].pop()
+        if residual is not None:
+            h += residual
+    return h
+
+
+def forge_unet_forward(unet, x, timesteps, context, control=None) -> torch.Tensor:
+    """Forge Classic's UNetModel.forward on an ldm UNet's blocks."""
+    emb = unet.time_embed(timestep_embedding(timesteps, unet.model_channels, repeat_only=False))
+    hs, h = [], x
+    for module in unet.input_blocks:
+        h = apply_control(module(h, emb, context), control, "input")
+        hs.append(h)
+    h = apply_control(unet.middle_block(h, emb, context), control, "middle")
+    for module in unet.output_blocks:
+        skip = apply_control(hs.pop(), control, "output")
+        h = module(torch.cat([h, skip], dim=1), emb, context)
+    return unet.out(h)
+
+
+class BaseModel:
+    """Forge's BaseModel: `apply_model` scales the input and converts sigma to the UNet's timestep."""
+
+    def __init__(self, unet) -> None:
+        self.diffusion_model = unet
+        self.model_sampling = DiscreteEps()
+        self.manual_cast_dtype = None
+
+    def get_dtype(self) -> torch.dtype:
+        return next(self.diffusion_model.parameters()).dtype
+
+    def apply_model(self, x, sigma, c_crossattn, control=None, transformer_options=None, **kwargs) -> torch.Tensor:
+        xc = self.model_sampling.calculate_input(sigma, x)
+        for value in kwargs.values():  # Forge casts every extra keyword with a dtype (`control_model` among them)
+            if hasattr(value, "dtype") and value.dtype not in (torch.int, torch.long):
+                value.to(self.get_dtype())
+        return forge_unet_forward(self.diffusion_model, xc, self.model_sampling.timestep(sigma).float(),
+                                  c_crossattn, control)
+
+
+class UnetPatcher:
+    """Forge's UnetPatcher: `clone` shares the module and copies the control chain's head."""
+
+    def __init__(self, model: BaseModel) -> None:
+        self.model = model
+        self.load_device = self.offload_device = torch.device("cpu")
+        self.controlnet_linked_list = None
+        self.extra_model_patchers_during_sampling: list = []
+
+    def clone(self) -> UnetPatcher:
+        clone = UnetPatcher(self.model)
+        clone.controlnet_linked_list = self.controlnet_linked_list
+        clone.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
+        return clone
+
+    def add_patched_controlnet(self, control) -> None:
+        control.set_previous_controlnet(self.controlnet_linked_list)
+        self.controlnet_linked_list = control
+
+    def list_controlnets(self) -> list:
+        found, pointer = [], self.controlnet_linked_list
+        while pointer is not None:
+            found.append(pointer)
+            pointer = pointer.previous_controlnet
+        return found
+
+
+class OtherControlNet:
+    """A Forge ControlNet whose model outputs fixed residuals (ControlBase's chain, merge and step window)."""
+
+    def __init__(self, residuals: list[torch.Tensor], strength: float = 1.0) -> None:
+        self.residuals = residuals
+        self.strength = strength
+        self.previous_controlnet = None
+        self.transformer_options: dict = {}
+        self.pre_runs = 0
+
+    def set_previous_controlnet(self, control):
+        self.previous_controlnet = control
+        return self
+
+    def pre_run(self, model, percent_to_timestep_function) -> None:
+        self.pre_runs += 1
+        if self.previous_controlnet is not None:
+            self.previous_controlnet.pre_run(model, percent_to_timestep_function)
+
+    def cleanup(self) -> None:
+        if self.previous_controlnet is not None:
+            self.previous_controlnet.cleanup()
+
+    def get_models(self) -> list:
+        return self.previous_controlnet.get_models() if self.previous_controlnet is not None else []
+
+    def inference_memory_requirements(self, dtype) -> int:
+        return 0
+
+    def get_control(self, x_noisy, t, cond, batched_number):
+        previous = None
+        if self.previous_controlnet is not None:
+            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number)
+        outs = [r.expand(x_noisy.shape[0], -1, -1, -1) * self.strength for r in self.residuals]
+        control = {"input": [], "middle": [outs[-1]], "output": outs[:-1]}
+        if previous is not None:  # Forge's control_merge: in place on this control's tensors
+            for key in ("input", "middle", "output"):
+                for index, value in enumerate(previous[key]):
+                    if index >= len(control[key]):
+                        control[key].append(value)
+                    elif value is not None:
+                        control[key][index] += value
+        return control
+
+
+def sampling_prepare(unet_patcher: UnetPatcher) -> list:
+    """Forge's `sampling_prepare`: the chain's models join the loaded models; every link gets `pre_run`."""
+    models = [unet_patcher] + unet_patcher.extra_model_patchers_during_sampling
+    if unet_patcher.controlnet_linked_list is not None:
+        models += unet_patcher.controlnet_linked_list.get_models()
+    for control in unet_patcher.list_controlnets():
+        control.pre_run(unet_patcher.model, lambda percent: percent)
+    return models
+
+
+def calc_cond_uncond(unet_patcher: UnetPatcher, x, sigma, conds: list, uncond, chunks_per_call: int = 99):
+    """Forge's `calc_cond_uncond_batch`: one chunk per cond entry (all images) and one for uncond, run
+    `chunks_per_call` chunks at a time; returns (cond outputs per entry, uncond output)."""
+    to_run = [(text, 0) for text in conds] + ([(uncond, 1)] if uncond is not None else [])
+    outputs = []
+    while to_run:
+        batch, to_run = to_run[:chunks_per_call], to_run[chunks_per_call:]
+        cond_or_uncond = [kind for _, kind in batch]
+        input_x = torch.cat([x] * len(batch))
+        timestep = torch.cat([sigma] * len(batch))
+        context = torch.cat([text for text, _ in batch])
+        options = {"cond_or_uncond": cond_or_uncond, "sigmas": sigma,
+                   "cond_mark": torch.tensor([float(k) for k in cond_or_uncond for _ in range(x.shape[0])])}
+        control = unet_patcher.controlnet_linked_list
+        result = None
+        if control is not None:
+            pointer = control
+            while pointer is not None:
+                pointer.transformer_options = options
+                pointer = pointer.previous_controlnet
+            result = control.get_control(input_x, timestep, {"c_crossattn": context}, len(cond_or_uncond))
+        out = unet_patcher.model.apply_model(input_x, timestep, context, control=result, transformer_options=options,
+                                             control_model=control)
+        outputs += list(out.chunk(len(batch)))
+    return outputs
+
+
+class FakeModel:
+    """`p.sd_model`: `forge_objects` reset from a pristine copy before every pass, as Forge's processing does."""
+
+    def __init__(self, unet) -> None:
+        self.pristine = UnetPatcher(BaseModel(unet))
+        self.forge_objects = SimpleNamespace(unet=self.pristine)
+
+    def reset(self) -> None:
+        self.forge_objects = SimpleNamespace(unet=self.pristine)
+
+
+class FakeP:
+    def __init__(self, model: FakeModel) -> None:
+        self.sd_model = model
+        self.extra_generation_params: dict = {}
+        self.width, self.height = LATENT[1] * 8, LATENT[0] * 8
+        self.is_hr_pass = False
+        self.sample = lambda: "sampled"
+
+
+def denoiser_params(p, step: int, total: int, model=None):
+    inner = SimpleNamespace(inner_model=model or p.sd_model)
+    return SimpleNamespace(denoiser=SimpleNamespace(p=p, step=step, total_steps=total, inner_model=inner),
+                           sampling_step=step, total_sampling_steps=total)
+
+
+# fixtures ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet(seed=1)
+
+
+@pytest.fixture(scope="module")
+def capfaces():
+    return random_capface(seed=2), random_capface(seed=3)
+
+
+def identity(seed: int = 10, size=LATENT):
+    g = torch.Generator().manual_seed(seed)
+    hint = torch.rand(1, 9, size[0] * 8, size[1] * 8, generator=g) * 2 - 1
+    clip = torch.randn(1, 257, 1024, generator=g)
+    face = torch.nn.functional.normalize(torch.randn(1, 1, 512, generator=g), dim=-1)
+    return hint, clip, face
+
+
+def unit_params(**fields):
+    return SimpleNamespace(**{"strength": 1.0, "start": 0.0, "end": 1.0, "pose_only": 0.0, **fields})
+
+
+def make_generation(capfaces, strengths=(1.0,), render_error: Exception | None = None, **fields) -> Generation:
+    """A Generation whose units have `identity(seed=10 + i)` and hints rendered as those identities' hints."""
+    units, hints = [], []
+    for index, strength in enumerate(strengths):
+        hint, clip, face = identity(seed=10 + index)
+        capface = capfaces[index]
+        with torch.no_grad():
+            context = capface.identity_context(clip, face)
+        units.append(PreparedUnit(unit_params(strength=strength, **fields), capface, context, index))
+        hints.append(hint)
+
+    def render(params, width, height):
+        if render_error is not None:
+            raise render_error
+        return hints[[unit.params for unit in units].index(params)]
+
+    return Generation(units, render)
+
+
+def latent_inputs(images: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(images, 4, *LATENT, generator=g)
+    text = torch.randn(images, 77, 64, generator=g)
+    uncond = torch.randn(images, 77, 64, generator=g)
+    return x, text, uncond
+
+
+def start_generation(p, generation: Generation) -> Generation:
+    """What `forge.start` leaves on `p` for prepared units (start itself is tested with real unit arguments)."""
+    setattr(p, forge.ATTRIBUTE, generation)
+    forge.a1111._wrap_sample(p, generation, lambda params: "CapHuman")
+    return generation
+
+
+# parity with the A1111 hook ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strengths", [(1.0,), (0.6, 1.4)])
+def test_forge_control_adds_what_the_a1111_hook_adds(unet, capfaces, strengths):
+    """Same latent, timestep, hint and identity: the UNet output with the Forge control equals the hooked ldm UNet's,
+    for cond and uncond rows of two images, and both equal the reference formula."""
+    x, text, uncond = latent_inputs()
+    sampling = DiscreteEps()
+    sigma = sampling.sigma(torch.tensor([700, 700]))
+    a1111_generation = make_generation(capfaces, strengths)
+    forge_generation = make_generation(capfaces, strengths)
+
+    xc = torch.cat([sampling.calculate_input(sigma, x)] * 2)
+    timesteps = torch.cat([sampling.timestep(sigma)] * 2).float()
+    context = torch.cat([text, uncond])
+    a1111_generation.attach(unet, full_frame(LATENT), LATENT)
+    a1111_generation.hook.row_sources = [0, 1, 0, 1]
+    with torch.no_grad():
+        hooked = unet(xc, timesteps, context=context)
+    a1111_generation.close()
+
+    model = FakeModel(unet)
+    forge.arm(forge_generation, full_frame(LATENT), LATENT)
+    forge.attach(forge_generation, model)
+    with torch.no_grad():
+        cond_out, uncond_out = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
+        plain = unet(xc, timesteps, context=context)
+        hint, clip, face = zip(*(identity(seed=10 + i) for i in range(len(strengths))))
+        units = [(capfaces[i], hint[i], clip[i], face[i], s, 0) for i, s in enumerate(strengths)]
+        expected = reference_eps(unet, xc, timesteps, context, units)
+
+    forged = torch.cat([cond_out, uncond_out])
+    assert torch.equal(forged, hooked)
+    torch.testing.assert_close(forged, expected, rtol=0, atol=2e-4)
+    assert (forged - plain).abs().max() > 1e-3
+
+
+def test_residual_layout_is_forge_control_order(capfaces):
+    residuals = [torch.full((1, 1, 1, 1), float(i)) for i in range(13)]
+    control = forge.as_control(residuals)
+    unet_order = [control["middle"].pop().item()] + [control["output"].pop().item() for _ in range(12)]
+    # A1111 hook: the middle block gets residual 12, output block i gets residual 11 - i
+    assert unet_order == [12.0] + [float(11 - i) for i in range(12)]
+
+
+def test_row_images_are_chunks_of_the_batch():
+    assert forge.row_images(6, 3).tolist() == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="5 rows"):
+        forge.row_images(5, 2)
+
+
+# attach logic ------------------------------------------------------------------------------------------------------
+def test_attach_clones_composes_with_another_controlnet_and_leaves_pristine_unet(unet, capfaces):
+    x, text, uncond = latent_inputs()
+    sampling = DiscreteEps()
+    sigma = sampling.sigma(torch.tensor([500, 500]))
+    xc = sampling.calculate_input(sigma, x)
+    with torch.no_grad():
+        probe = capfaces[0].residuals(xc, sampling.timestep(sigma).float(),
+                                      capfaces[0].identity_context(*identity()[1:]).expand(2, -1, -1),
+                                      capfaces[0].hint_features(identity()[0])[0].expand(2, -1, -1, -1))
+    extra = [torch.randn(1, *r.shape[1:]) * 0.3 for r in probe]
+
+    model = FakeModel(unet)
+    p = FakeP(model)
+    generation = start_generation(p, make_generation(capfaces))
+    other = OtherControlNet(extra)
+    with_other = model.pristine.clone()  # Forge's ControlNet unit attached first (its process_before_every_sampling)
+    with_other.add_patched_controlnet(other)
+    model.forge_objects.unet = with_other
+
+    forge.before_sampling(p, x)
+    patched = model.forge_objects.unet
+    assert patched is not with_other and patched is not model.pristine
+    assert model.pristine.controlnet_linked_list is None and with_other.controlnet_linked_list is other
+    assert [type(c) for c in patched.list_controlnets()] == [forge.CapHumanControl, OtherControlNet]
+    sampling_prepare(patched)
+    assert other.pre_runs >= 1  # Forge calls pre_run per link and each link also calls its previous one
+
+    with torch.no_grad():
+        cond_out, uncond_out = calc_cond_uncond(patched, x, sigma, [text], uncond)
+        t = sampling.timestep(sigma).float()
+        hint, clip, face = identity()
+        expected = reference_eps(unet, xc, t, text, [(capfaces[0], hint, clip, face, 1.0, 0)], extra=extra)
+        only_other = calc_cond_uncond(with_other, x, sigma, [text], None)[0]
+    torch.testing.assert_close(cond_out, expected, rtol=0, atol=2e-4)
+    assert (cond_out - only_other).abs().max() > 1e-3
+    assert generation.acted() == [True]
+
+    model.reset()  # the next pass starts from the pristine UNet: nothing of CapHuman there
+    assert model.forge_objects.unet.controlnet_linked_list is None
+    forge.end(p)  # and a clone someone kept past the job adds only the other ControlNet's residuals
+    with torch.no_grad():
+        kept = calc_cond_uncond(patched, x, sigma, [text], None)[0]
+    assert torch.equal(kept, only_other)
+
+
+def count_capface_rows(monkeypatch, capface) -> list[int]:
+    rows: list[int] = []
+    original = capface.residuals
+
+    def counting(x, *args, **kwargs):
+        rows.append(x.shape[0])
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(capface, "residuals", counting)
+    return rows
+
+
+def test_cond_and_uncond_chunks_share_one_capface_pass(unet, capfaces, monkeypatch):
+    """Two AND sub-prompts and the uncond (3 chunks of 2 images) in one call, then one chunk per call: CapFace runs on
+    the 2 images only, and every chunk gets the same residuals."""
+    x, text, uncond = latent_inputs()
+    sigma = DiscreteEps().sigma(torch.tensor([300, 300]))
+    model = FakeModel(unet)
+    p = FakeP(model)
+    start_generation(p, make_generation(capfaces))
+    forge.before_sampling(p, x)
+    rows = count_capface_rows(monkeypatch, capfaces[0])
+    with torch.no_grad():
+        together = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text, text], uncond)
+        apart = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text, text], uncond, chunks_per_call=1)
+    assert rows == [2, 2, 2, 2]
+    for a, b in zip(together, apart):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_chunks_with_different_latents_are_computed_row_by_row(unet, capfaces):
+    generation = make_generation(capfaces)
+    controls = forge.arm(generation, full_frame(LATENT), LATENT)
+    x = torch.randn(4, 4, *LATENT)
+    t = torch.tensor([100.0, 100.0, 900.0, 900.0])
+    together = forge.capface_residuals(controls, x, t, chunks=2)
+    first = forge.capface_residuals(controls, x[:2], t[:2], chunks=1)
+    second = forge.capface_residuals(controls, x[2:], t[2:], chunks=1)
+    for r, a, b in zip(together, first, second):
+        torch.testing.assert_close(r, torch.cat([a, b]), rtol=0, atol=1e-5)
+
+
+def test_step_window_and_pose_only_follow_cfg_denoiser_steps(unet, capfaces):
+    x, text, uncond = latent_inputs()
+    sigma = DiscreteEps().sigma(torch.tensor([400, 400]))
+    model = FakeModel(unet)
+    p = FakeP(model)
+    generation = start_generation(p, make_generation(capfaces, start=0.25, end=0.5, pose_only=0.4))
+    forge.before_sampling(p, x)
+    patched = model.forge_objects.unet
+    with torch.no_grad():
+        plain = calc_cond_uncond(model.pristine, x, sigma, [text], None)[0]
+        outputs = {}
+        for step in (0, 1, 2, 3):
+            forge.on_cfg_denoiser(denoiser_params(p, step, 4))
+            outputs[step] = calc_cond_uncond(patched, x, sigma, [text], None)[0]
+    assert torch.equal(outputs[0], plain) and torch.equal(outputs[2], plain) and torch.equal(outputs[3], plain)
+    assert (outputs[1] - plain).abs().max() > 1e-3
+    control = generation.controls[0]
+    assert control.identity_on is True  # step 3 of 4: past the pose-only phase
+    forge.on_cfg_denoiser(denoiser_params(p, 1, 4))
+    assert control.identity_on is False  # step 1 of 4 < 0.4: identity context off, as in A1111
+
+
+def test_reforge_calls_with_transformer_options_down_the_chain(unet, capfaces):
+    """reForge's sampler calls `get_control(x, sigma, cond, chunks, transformer_options)` and reads `extra_hooks`."""
+    calls = []
+
+    class ReForgeControlNet(OtherControlNet):
+        extra_hooks = "its hooks"
+
+        def get_extra_hooks(self):
+            return [self.extra_hooks]
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            calls.append(transformer_options)
+            return super().get_control(x_noisy, t, cond, batched_number)
+
+    x, text, _ = latent_inputs()
+    model = FakeModel(unet)
+    p = FakeP(model)
+    start_generation(p, make_generation(capfaces))
+    channels = [32] * 4 + [64] * 9  # the tiny UNet's 12 input blocks and its middle block
+    other = ReForgeControlNet([torch.zeros(1, c, 1, 1) for c in channels])
+    model.forge_objects.unet = model.pristine.clone()
+    model.forge_objects.unet.add_patched_controlnet(other)
+    forge.before_sampling(p, x)
+    control = model.forge_objects.unet.controlnet_linked_list
+    sigma = DiscreteEps().sigma(torch.tensor([200, 200]))
+    options = {"cond_or_uncond": [0]}
+    with torch.no_grad():
+        result = control.get_control(x, sigma, {"c_crossattn": text}, 1, options)
+    assert calls == [options] and control.transformer_options is options
+    assert control.extra_hooks is None and control.get_extra_hooks() == ["its hooks"]
+    assert len(result["output"]) == 12 and len(result["middle"]) == 1
+
+
+def test_refiner_switch_attaches_to_the_new_unet(unet, capfaces):
+    x, _, _ = latent_inputs()
+    model = FakeModel(unet)
+    p = FakeP(model)
+    generation = start_generation(p, make_generation(capfaces))
+    forge.before_sampling(p, x)
+    refiner = FakeModel(tiny_unet(seed=7))
+    forge.on_cfg_denoiser(denoiser_params(p, 2, 4, model=refiner))
+    assert forge.attached(generation, refiner)
+    assert refiner.pristine.controlnet_linked_list is None
+
+
+def test_capface_patchers_join_forge_memory_management(unet, capfaces, monkeypatch):
+    made = []
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model = model
+            model.device = load_device  # as reForge's (ComfyUI's) ModelPatcher does on load and unload
+            made.append(self)
+
+    monkeypatch.setattr(forge, "_patcher_class", lambda: ModelPatcher)
+    x, _, _ = latent_inputs()
+    model = FakeModel(unet)
+    p = FakeP(model)
+    start_generation(p, make_generation(capfaces, strengths=(1.0, 0.5)))
+    forge.before_sampling(p, x)
+    loaded = sampling_prepare(model.forge_objects.unet)
+    model.reset()
+    forge.before_sampling(p, x)  # the hires pass: the same patchers, not new ones
+    loaded_again = sampling_prepare(model.forge_objects.unet)
+    assert [m.model.capface for m in loaded[1:]] == list(capfaces[:2])
+    assert loaded_again[1:] == loaded[1:] and len(made) == 2
+
+
+# errors --------------------------------------------------------------------------------------------------------------
+def test_error_while_attaching_stops_sampling_readably_and_plain_run_after_is_identical(unet, capfaces):
+    x, text, uncond = latent_inputs()
+    sigma = DiscreteEps().sigma(torch.tensor([600, 600]))
+    model = FakeModel(unet)
+    with torch.no_grad():
+        before = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
+    p = FakeP(model)
+    generation = start_generation(p, make_generation(capfaces, render_error=ValueError("the pose photo is empty")))
+    forge.before_sampling(p, x)  # the webui swallows callback errors: the control raises it from sampling
+    with pytest.raises(CapHumanError, match="CapHuman: the pose photo is empty"), torch.no_grad():
+        calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
+    assert generation.error == "CapHuman: the pose photo is empty"
+    forge.end(p)
+    model.reset()
+    with torch.no_grad():
+        after = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_tiled_latent_is_refused_readably(unet, capfaces):
+    x, text, _ = latent_inputs()
+    model = FakeModel(unet)
+    p = FakeP(model)
+    start_generation(p, make_generation(capfaces))
+    forge.before_sampling(p, x)
+    tile = x[..., :4, :4]
+    with pytest.raises(CapHumanError, match="Tiled sampling"), torch.no_grad():
+        calc_cond_uncond(model.forge_objects.unet, tile, DiscreteEps().sigma(torch.tensor([9, 9])), [text], None)
+
+
+def test_start_refuses_a_capface_that_does_not_fit_forge_unet(unet):
+    import numpy as np
+
+    from caphuman_ext import CapFaceConfig
+
+    wrong = random_capface(CapFaceConfig(model_channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=(2, 2, 2, 2),
+                                         attention_levels=(0, 1, 2), context_dim=64), seed=4)
+    model = FakeModel(unet)
+    p = FakeP(model)
+    args = [{"enabled": True, "reference_images": [np.zeros((8, 8, 3), np.uint8)]}]
+    generation = forge.start(p, args, prepare=lambda unit, position: PreparedUnit(unit, wrong, None, position),
+                             render=lambda *a: None, offload=False)
+    assert generation.error is not None and "does not fit the loaded checkpoint's UNet" in generation.error
+    with pytest.raises(CapHumanError, match="does not fit"):
+        p.sample()
+    forge.before_sampling(p, torch.zeros(1, 4, *LATENT))  # a pass after the error: a control that raises it
+    with pytest.raises(CapHumanError, match="does not fit"), torch.no_grad():
+        calc_cond_uncond(model.forge_objects.unet, torch.zeros(1, 4, *LATENT), torch.ones(1), [torch.zeros(1, 77, 64)],
+                         None)
+
+
+def test_detected_only_where_modules_forge_is_importable(tmp_path, monkeypatch):
+    assert not forge.detected()
+    (tmp_path / "modules_forge").mkdir()
+    (tmp_path / "modules_forge" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    assert forge.detected()
+
+
+def test_capface_builds_from_forge_neo_blocks(monkeypatch):
+    """Forge Neo has no `ldm`: CapFace is built from `backend.nn.unet`, which has ldm's blocks under ldm's names (here
+    ldm's own modules stand in for it) and loads the same state dict."""
+    from ldm.modules import attention
+    from ldm.modules.diffusionmodules import openaimodel, util
+
+    from caphuman_ext import capface as capface_module
+
+    neo_unet = SimpleNamespace(**{name: getattr(openaimodel, name) for name in
+                                  ("TimestepEmbedSequential", "ResBlock", "Downsample")},
+                               SpatialTransformer=attention.SpatialTransformer, conv_nd=util.conv_nd)
+    backend = SimpleNamespace(nn=SimpleNamespace(unet=neo_unet))
+    monkeypatch.setitem(sys.modules, "backend", backend)
+    monkeypatch.setitem(sys.modules, "backend.nn", backend.nn)
+    monkeypatch.setitem(sys.modules, "backend.nn.unet", neo_unet)
+    monkeypatch.setattr(capface_module, "_ldm", forge.ldm_blocks)
+    built = capface_module.CapFace(TINY_CAPFACE)
+    assert built.state_dict().keys() == random_capface().state_dict().keys()
+
+
+def test_script_dispatches_to_the_forge_adapter_only_in_forge(tmp_path, monkeypatch):
+    from caphuman_ext.hosts import a1111
+    from tests import webui_sim
+
+    saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
+    try:
+        webui_sim.install_fake_webui(tmp_path)
+        assert webui_sim.load_script_module().host is a1111
+        (tmp_path / "modules_forge").mkdir()
+        (tmp_path / "modules_forge" / "__init__.py").write_text("")
+        monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+        script = webui_sim.load_script_module()
+        assert script.host is forge
+        assert webui_sim.CALLBACKS["on_cfg_denoiser"][-1] is forge.on_cfg_denoiser
+    finally:
+        for key in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
