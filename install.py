@@ -4,12 +4,13 @@ import importlib.util
 
 import launch
 
-# module -> (pip name, install without dependencies?) — facenet-pytorch and facexlib pin old torch versions
+# module -> (pip name, install without dependencies?) — facenet-pytorch and facexlib pin old torch versions.
+# Each module is imported by the extension (tests/test_unit_install.py checks it); the webui brings the rest
+# (transformers, einops, omegaconf, requests, tqdm, scipy).
 REQUIREMENTS = {
     "facenet_pytorch": ("facenet-pytorch==2.6.0", True),
     "facexlib": ("facexlib==0.3.0", True),
     "skimage": ("scikit-image", False),
-    "kornia": ("kornia", False),
     "safetensors": ("safetensors", False),
     "cv2": ("opencv-python-headless", False),
 }

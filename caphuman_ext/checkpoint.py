@@ -52,10 +52,23 @@ def split_capface_state(state: Mapping[str, torch.Tensor], name: str = "checkpoi
     return capface
 
 
-def _config_from_metadata(metadata: Mapping[str, str]) -> CapFaceConfig | None:
+_HEAD_FIELDS = ("num_heads", "num_head_channels")  # the only fields weights do not determine
+
+
+def _config_from_metadata(metadata: Mapping[str, str], state: Mapping[str, torch.Tensor],
+                          name: str) -> CapFaceConfig | None:
+    """The converter's recorded config, validated and checked against the weights (which it must describe)."""
     if CONFIG_METADATA_KEY not in metadata:
         return None
-    return CapFaceConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+    try:
+        config = CapFaceConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        derived = derive_config(state, config.num_heads, config.num_head_channels)
+    except (ValueError, TypeError, IndexError, RecursionError) as error:
+        raise CheckpointError(f"{name}: unusable '{CONFIG_METADATA_KEY}' metadata or weights: {error}") from error
+    if derived != config:
+        differ = [k for k, v in config.to_dict().items() if v != derived.to_dict()[k]]
+        raise CheckpointError(f"{name}: the architecture in its metadata does not match its weights ({differ})")
+    return config
 
 
 def capface_from_state_dict(state: Mapping[str, torch.Tensor], config: CapFaceConfig | None = None,
@@ -63,7 +76,7 @@ def capface_from_state_dict(state: Mapping[str, torch.Tensor], config: CapFaceCo
     """Build CapFace for `state` (already split) and load it strictly."""
     try:
         config = config or derive_config(state)
-    except ConfigError as error:
+    except (ConfigError, IndexError) as error:
         raise CheckpointError(f"{name}: cannot read the CapFace architecture from its weights: {error}") from error
     with torch.device("meta"):
         model = CapFace(config)
@@ -95,7 +108,8 @@ def load_capface(path: str | Path, device: torch.device | str | None = None,
     except WeightFileError as error:
         raise CheckpointError(str(error)) from error
     capface_state = split_capface_state(state, path.name)
-    model = capface_from_state_dict(capface_state, _config_from_metadata(metadata), path.name)
+    model = capface_from_state_dict(capface_state, _config_from_metadata(metadata, capface_state, path.name),
+                                    path.name)
     return model.to(device=device, dtype=dtype)
 
 

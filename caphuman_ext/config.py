@@ -13,6 +13,18 @@ class ConfigError(ValueError):
     """The weights do not describe a CapFace network."""
 
 
+# What a CapFace can be: SD1.x/SD2.x/SDXL-sized control networks fit with room to spare; a file asking for more (a
+# 200000-block "network" in 434 bytes of metadata) is refused before anything is built.
+MAX_LEVELS = 6
+MAX_RES_BLOCKS = 8
+MAX_TRANSFORMER_DEPTH = 16
+MAX_CHANNELS = 4096
+MAX_MULT = 16
+MAX_HEADS = 256
+MAX_INPUT_CHANNELS = 64
+MAX_INPUT_BLOCKS = 1 + MAX_LEVELS * (MAX_RES_BLOCKS + 1)
+
+
 @dataclass(frozen=True)
 class CapFaceConfig:
     """Architecture of a CapFace network (the reference's `control_stage_config.params` plus the projections)."""
@@ -38,6 +50,40 @@ class CapFaceConfig:
         """Down-sampling factors with attention, as ldm configs write them (level L -> 2**L)."""
         return tuple(2**level for level in self.attention_levels)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError unless every field is an integer within what a CapFace network can be."""
+        def integer(name: str, value: object, low: int, high: int, allow_minus_one: bool = False) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or not (
+                    low <= value <= high or (allow_minus_one and value == -1)):
+                raise ConfigError(f"{name} = {value!r}: expected an integer in {low}..{high}")
+
+        integer("in_channels", self.in_channels, 1, MAX_INPUT_CHANNELS)
+        integer("hint_channels", self.hint_channels, 1, MAX_INPUT_CHANNELS)
+        integer("model_channels", self.model_channels, 1, MAX_CHANNELS)
+        integer("num_heads", self.num_heads, 1, MAX_HEADS, allow_minus_one=True)
+        integer("num_head_channels", self.num_head_channels, 1, MAX_CHANNELS, allow_minus_one=True)
+        integer("transformer_depth", self.transformer_depth, 1, MAX_TRANSFORMER_DEPTH)
+        for name in ("context_dim", "clip_token_dim", "face_embedding_dim"):
+            integer(name, getattr(self, name), 1, 4 * MAX_CHANNELS)
+        levels = len(self.channel_mult)
+        if not 1 <= levels <= MAX_LEVELS or len(self.num_res_blocks) != levels:
+            raise ConfigError(f"channel_mult {self.channel_mult} / num_res_blocks {self.num_res_blocks}: expected "
+                              f"1..{MAX_LEVELS} levels, one block count per level")
+        for level in range(levels):
+            integer(f"num_res_blocks[{level}]", self.num_res_blocks[level], 1, MAX_RES_BLOCKS)
+            integer(f"channel_mult[{level}]", self.channel_mult[level], 1, MAX_MULT)
+        if self.model_channels * max(self.channel_mult) > MAX_CHANNELS:
+            raise ConfigError(f"model_channels x channel_mult exceeds {MAX_CHANNELS} channels")
+        for level in self.attention_levels:
+            integer("attention_levels", level, 0, levels - 1)
+        if len(set(self.attention_levels)) != len(self.attention_levels):
+            raise ConfigError(f"attention_levels {self.attention_levels} repeat a level")
+        if self.num_heads == -1 and self.num_head_channels == -1:
+            raise ConfigError("one of num_heads / num_head_channels must be set")
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("extra")
@@ -45,10 +91,16 @@ class CapFaceConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> CapFaceConfig:
+        """A config from JSON-like data (e.g. a converted file's metadata), validated; ConfigError if malformed."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"expected a mapping of config fields, found {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "extra"}
         for key in ("num_res_blocks", "channel_mult", "attention_levels"):
             if key in known:
-                known[key] = tuple(int(v) for v in known[key])
+                value = known[key]
+                if not isinstance(value, (list, tuple)) or len(value) > MAX_LEVELS:
+                    raise ConfigError(f"{key} = {str(value)[:80]}: expected a list of at most {MAX_LEVELS} integers")
+                known[key] = tuple(value)
         return cls(**known)
 
     def heads_for(self, channels: int) -> tuple[int, int]:
@@ -58,8 +110,8 @@ class CapFaceConfig:
         return self.num_heads, channels // self.num_heads
 
 
-_INPUT_BLOCK = re.compile(r"^input_blocks\.(\d+)\.")
-_TRANSFORMER_BLOCK = re.compile(r"^input_blocks\.\d+\.1\.transformer_blocks\.(\d+)\.")
+_INPUT_BLOCK = re.compile(r"^input_blocks\.(\d{1,6})\.")
+_TRANSFORMER_BLOCK = re.compile(r"^input_blocks\.\d+\.1\.transformer_blocks\.(\d{1,6})\.")
 
 
 def _shape(state: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -80,6 +132,8 @@ def derive_config(state: Mapping[str, torch.Tensor], num_heads: int | None = Non
     model_channels, in_channels = first[0], first[1]
     hint_channels = _shape(state, "input_hint_block.0.weight")[1]
     block_ids = sorted({int(m.group(1)) for k in state if (m := _INPUT_BLOCK.match(k))})
+    if len(block_ids) > MAX_INPUT_BLOCKS:
+        raise ConfigError(f"{len(block_ids)} input blocks: a CapFace network has at most {MAX_INPUT_BLOCKS}")
     if block_ids != list(range(len(block_ids))):
         raise ConfigError(f"input blocks are not numbered 0..n: {block_ids}")
 

@@ -37,7 +37,9 @@ class CapFaceControl:
 
     hint: (1 or N, 9, 8h, 8w) rendered `cat([normal, albedo, shading])`; context: (1 or N, 258, context_dim) from
     `CapFace.identity_context`; strength scales the residuals; rows whose timestep exceeds `drop_identity_above_t`
-    (the reference's tau; 0 = off) see a zero identity context. `active = False` skips the unit entirely.
+    (the reference's tau; 0 = off) see a zero identity context; `identity_on = False` zeroes it for every row (the
+    webui's pose-only phase, counted in steps). `active = False` skips the unit entirely. `applied_calls` counts the
+    UNet passes that received this control's residuals.
     """
 
     def __init__(self, capface: CapFace, hint: torch.Tensor, context: torch.Tensor, strength: float = 1.0,
@@ -50,6 +52,8 @@ class CapFaceControl:
         self.strength = float(strength)
         self.drop_identity_above_t = float(drop_identity_above_t)
         self.active = True
+        self.identity_on = True
+        self.applied_calls = 0
 
     @property
     def hint(self) -> torch.Tensor:
@@ -99,15 +103,28 @@ class CapFaceControl:
             height, width = (height + 1) // 2, (width + 1) // 2
         self.context = self.context.to(latent.device)
 
+    def check_latent(self, latent: torch.Tensor) -> None:
+        """Raise a readable error when the UNet samples a latent this control's hint was not made for (a tiled
+        sampler calling the UNet on tiles, or an extension that resized the latent)."""
+        expected = tuple(s // 8 for s in self.hint.shape[-2:])
+        if tuple(latent.shape[-2:]) != expected:
+            raise ValueError(
+                f"CapHuman: the UNet is called on a {tuple(latent.shape[-2:])} latent, but this sampling pass is "
+                f"{expected} (hint {tuple(self.hint.shape[-2:])} pixels). Tiled sampling (Tiled Diffusion / "
+                "MultiDiffusion) or another extension changed the latent size: disable it or the CapHuman unit.")
+
     def graph_key(self) -> tuple:
         """What a captured CapFace pass of this control depends on besides shapes."""
-        return (id(self), id(self.capface), self.strength, self.drop_identity_above_t, self._generation,
+        return (id(self), id(self.capface), self.strength, self.drop_identity_above_t, self.identity_on,
+                self._generation,
                 self._hint_cache.key if self._hint_cache else None, self.context._version)
 
     def identity(self, timesteps: torch.Tensor, dtype: torch.dtype,
                  rows: torch.Tensor | None = None) -> torch.Tensor:
         """Identity context per row, zeroed where t > tau (the reference's `drop_control_cond_t`)."""
         context = _rows(self.context.to(timesteps.device, dtype), rows, timesteps.shape[0])
+        if not self.identity_on:
+            return torch.zeros_like(context)
         if self.drop_identity_above_t == 0.0:
             return context
         keep = (timesteps <= self.drop_identity_above_t).to(dtype)[:, None, None]

@@ -1,92 +1,212 @@
-"""Read weight files without executing pickled code.
+"""Read weight files without executing pickled code, and without allocating more than the file holds.
 
-`.safetensors` through safetensors; `.ckpt/.pth/.pt` through `torch.serialization.load(weights_only=True)`. Lightning checkpoints
-may also pickle trainer objects (callback states, paths, numpy scalars) that the weights-only unpickler refuses;
-those are read with a restricted unpickler that rebuilds tensors and plain containers and replaces every other
-class by an inert placeholder — nothing from the file is ever called.
+`.safetensors` through safetensors. Pickled files (`.ckpt/.pth/.pt/.tar`, every torch layout: zip, legacy
+non-zip, legacy tar) go through torch's own reader with `caphuman_ext.restricted_pickle` as its pickle module, so
+every pickle torch reads — the data pickle and the legacy format's magic-number, protocol, sys-info and storage
+pickles alike — resolves globals through an allow-list: tensors, plain containers, dtypes; Lightning's trainer
+objects become inert placeholders; code-running globals are refused. Before torch reads anything the container is
+checked (zip members stored and within the file, tar members regular and within the file), and every storage a
+pickle declares must fit in what is left of the file, so a small file cannot ask for gigabytes.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
+import tarfile
 import types
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
+from .restricted_pickle import (
+    ForbiddenPickleError,
+    RestrictedUnpickler,
+    _StorageTypeOnly,
+    base_globals,
+    check_tensor_view,
+    torch_globals,
+)
+
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+MAX_OBJECTS_CHECKED = 10_000_000  # containers walked when checking every loaded tensor
 
 
 class WeightFileError(RuntimeError):
-    """A weight file cannot be read (missing, truncated, not a weight file)."""
+    """A weight file cannot be read (missing, truncated, not a weight file, or hostile); the message names it."""
 
 
-class _Placeholder:
-    """Stands in for any class the restricted unpickler will not import."""
+class _StorageBudget:
+    """Bytes of storage a file may still declare: what it holds."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+        self.seen: set[Any] = set()
 
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _placeholder_class(module: str, name: str) -> type:
-    return type(name, (_Placeholder,), {"__module__": f"unloaded.{module}"})
-
-
-_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes",
-                  "bytearray", "slice", "range", "object"}
-_SAFE_TORCH = {
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("collections", "OrderedDict"),
-    ("torch", "Size"), ("copyreg", "_reconstructor"),
-}
+    def take(self, key: Any, nbytes: int, what: str) -> None:
+        if key in self.seen:
+            return
+        if nbytes > self.left:
+            raise ForbiddenPickleError(f"{what} declares {nbytes} bytes but the file has only {self.left} left")
+        self.seen.add(key)
+        self.left -= nbytes
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _SAFE_BUILTINS:
-            return getattr(__import__("builtins"), name)
-        if (module, name) in _SAFE_TORCH:
-            return getattr(__import__(module, fromlist=[name]), name)
-        if module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)):
-            return getattr(torch, name)
-        return _placeholder_class(module, name)
+def _element_size(storage_type: Any) -> int:
+    dtype = getattr(storage_type, "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        raise ForbiddenPickleError(f"refusing a storage of type {type(storage_type).__name__}")
+    return torch.empty((), dtype=dtype).element_size()
 
 
-_restricted_pickle = types.SimpleNamespace(Unpickler=_RestrictedUnpickler, load=pickle.load, __name__="restricted")
+def _checked_persistent_load(load: Any, budget: _StorageBudget) -> Any:
+    """torch's `persistent_load` behind a check of the storage it is asked to create."""
+
+    def persistent_load(saved_id: Any) -> Any:
+        if not isinstance(saved_id, tuple) or len(saved_id) < 5:
+            raise ForbiddenPickleError(f"refusing persistent id {type(saved_id).__name__}")
+        typename = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
+        if typename != "storage":
+            raise ForbiddenPickleError(f"refusing persistent id of kind {typename!r}")
+        storage_type, key, numel = saved_id[1], saved_id[2], saved_id[4]
+        if not isinstance(numel, int) or numel < 0:
+            raise ForbiddenPickleError(f"refusing a storage of {numel!r} elements")
+        budget.take(("storage", key), numel * _element_size(storage_type), f"storage {key!r}")
+        return load(saved_id)
+
+    return persistent_load
 
 
-def _torch_load(path: Path, restricted: bool) -> Any:
-    # torch.serialization.load, not torch.load: the webui replaces torch.load with a checker of its own that returns
-    # None for files it does not know; weights_only / our restricted unpickler already guarantee no code runs.
-    kwargs: dict[str, Any] = {"map_location": "cpu"}
-    if restricted:
-        kwargs.update(weights_only=False, pickle_module=_restricted_pickle)
-    else:
-        kwargs["weights_only"] = True
-    if zipfile.is_zipfile(path):
-        kwargs["mmap"] = True
-    return torch.serialization.load(path, **kwargs)
+def _restricted_module(limit: int) -> types.SimpleNamespace:
+    """A `pickle_module` for torch: its `Unpickler` and `load` both resolve globals through the allow-list."""
+    budget = _StorageBudget(limit)
+    allowed = {**base_globals(), **torch_globals()}
+
+    class Unpickler(RestrictedUnpickler):
+        placeholders = True
+
+        @property
+        def persistent_load(self) -> Any:
+            return self._persistent_load
+
+        @persistent_load.setter
+        def persistent_load(self, function: Any) -> None:  # torch assigns its own; ours checks it first
+            self._persistent_load = _checked_persistent_load(function, budget)
+            pickle.Unpickler.__dict__["persistent_load"].__set__(self, self._persistent_load)
+
+    Unpickler.allowed = allowed
+
+    def load(file: IO[bytes], **kwargs: Any) -> Any:
+        result = Unpickler(file, **kwargs).load()
+        if isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], _StorageTypeOnly):
+            _check_tar_storage(file, result, budget)
+        return result
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="caphuman_restricted_pickle")
+
+
+def _check_tar_storage(file: IO[bytes], header: tuple, budget: _StorageBudget) -> None:
+    """Legacy tar: torch reads the storage's element count right after this pickle and allocates it."""
+    here = file.tell()
+    head = file.read(8)
+    end = file.seek(0, 2)
+    file.seek(here)
+    count = struct.unpack("<q", head)[0] if len(head) == 8 else -1
+    nbytes = count * _element_size(header[2])
+    if count < 0 or nbytes > end - here - 8:
+        raise ForbiddenPickleError(f"storage {header[0]!r} declares {count} elements, more than the file holds")
+    budget.take(("tar", header[0]), nbytes, f"storage {header[0]!r}")
+
+
+def _check_container(path: Path, size: int) -> bool:
+    """Refuse compressed or oversized members before torch reads them; True for torch's zip layout."""
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == b"PK\x03\x04"  # what torch tests
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as error:
+            raise WeightFileError(f"{path.name}: cannot read its zip archive ({error}); the file may be truncated: "
+                                  "download it again") from error
+        for info in members:
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+                raise WeightFileError(f"{path.name}: member {info.filename!r} is compressed or larger than the file "
+                                      "(torch stores weights uncompressed): refusing it")
+        return True
+    try:
+        with tarfile.open(path, "r:") as archive:
+            members = archive.getmembers()
+    except (tarfile.TarError, OSError, ValueError, EOFError):
+        return False  # not a tar: torch reads it as the legacy non-zip layout
+    for member in members:
+        if not (member.isfile() or member.isdir()) or member.issparse() or member.size > size:
+            raise WeightFileError(f"{path.name}: tar member {member.name!r} is not a plain file within the archive")
+    return False
+
+
+def _check_tensors(value: Any, name: str) -> None:
+    """Every loaded tensor views at most its storage (no stride-0 expansion to billions of elements)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_OBJECTS_CHECKED:
+            raise WeightFileError(f"{name}: more than {MAX_OBJECTS_CHECKED} objects")
+        if isinstance(item, torch.Tensor):
+            check_tensor_view(item.numel(), item.untyped_storage().nbytes() // max(item.element_size(), 1))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _pickle_error(name: str, error: Exception) -> WeightFileError:
+    if isinstance(error, ForbiddenPickleError):
+        return WeightFileError(f"{name}: {error} — the file was not loaded (it is not a plain weight file; "
+                               "download it again from its official source)")
+    return WeightFileError(f"{name}: cannot read it as a PyTorch weight file ({type(error).__name__}: {error}). "
+                           "The file may be truncated or not a checkpoint: download it again.")
 
 
 def load_pickled_weights(path: str | Path) -> Any:
-    """`torch.load` a `.ckpt/.pth/.pt/.tar` without running its code; memory-mapped when possible."""
+    """`torch.load` a `.ckpt/.pth/.pt/.tar` without running its code; memory-mapped when it is a zip."""
     path = Path(path)
     try:
-        return _torch_load(path, restricted=False)
-    except pickle.UnpicklingError:
-        pass  # trainer objects the weights-only loader refuses: read again with placeholders for them
-    except Exception as error:  # noqa: BLE001 - turned into a readable message below
-        raise WeightFileError(f"{path.name}: cannot read it as a PyTorch weight file ({error}). "
-                              "The file may be truncated or not a checkpoint: download it again.") from error
+        size = path.stat().st_size
+    except OSError as error:
+        raise WeightFileError(f"{path}: cannot read it ({error})") from error
+    is_zip = _check_container(path, size)
+    # torch.serialization.load, not torch.load: the webui replaces torch.load with a checker of its own that returns
+    # None for files it does not know; the restricted pickle module already guarantees no code runs.
     try:
-        return _torch_load(path, restricted=True)
-    except Exception as error:  # noqa: BLE001
-        raise WeightFileError(f"{path.name}: cannot read it as a PyTorch weight file ({error}).") from error
+        data = torch.serialization.load(str(path), map_location="cpu", weights_only=False,
+                                        pickle_module=_restricted_module(size), mmap=is_zip)
+        _check_tensors(data, path.name)
+    except WeightFileError:
+        raise
+    except (Exception, RecursionError) as error:  # noqa: BLE001 - turned into a readable message
+        raise _pickle_error(path.name, error) from error
+    return data
+
+
+def load_pickled_bytes(data: bytes, name: str) -> Any:
+    """The same reader for a torch file embedded in another pickle (`torch.storage._load_from_bytes`)."""
+    import io
+
+    if data[:4] == b"PK\x03\x04":
+        raise WeightFileError(f"{name}: embedded zip archives are not supported")
+    try:
+        value = torch.serialization.load(io.BytesIO(data), map_location="cpu", weights_only=False,
+                                         pickle_module=_restricted_module(len(data)))
+        _check_tensors(value, name)
+    except WeightFileError:
+        raise
+    except (Exception, RecursionError) as error:  # noqa: BLE001
+        raise _pickle_error(name, error) from error
+    return value
 
 
 def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -112,4 +232,5 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise WeightFileError(f"{path.name}: expected a state dict, found {type(data).__name__}")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}, {}
+

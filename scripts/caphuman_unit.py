@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import sys
 from pathlib import Path
 
-import gradio as gr
 from modules import devices, script_callbacks, scripts, shared
 
 EXTENSION_ROOT = Path(__file__).resolve().parents[1]
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
-from caphuman_ext.hook import UNetHook, hook_unet  # noqa: E402
+from caphuman_ext.hosts import a1111  # noqa: E402
+from caphuman_ext.unit.api import install_api  # noqa: E402
 from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
-from caphuman_ext.unit.infotext import from_infotext, infotext_key, to_infotext  # noqa: E402
+from caphuman_ext.unit.infotext import to_infotext  # noqa: E402
 from caphuman_ext.unit.models import list_capface_models, model_folders  # noqa: E402
-from caphuman_ext.unit.params import FIELD_ORDER, UnitValidationError, unit_from_dict, units_from_args  # noqa: E402
-from caphuman_ext.unit.schedule import active_at, cfg_row_sources  # noqa: E402
+from caphuman_ext.unit.params import FIELD_ORDER, unit_from_dict  # noqa: E402
+from caphuman_ext.unit.paste import PastedUnit, pasted_unit  # noqa: E402
+from caphuman_ext.unit.photo_store import PhotoStore  # noqa: E402
 from preprocessors.head.codes import MODES  # noqa: E402
 from preprocessors.head.frames import RESIZE_MODES  # noqa: E402
 
@@ -50,48 +48,39 @@ def builder() -> UnitBuilder:
     return _BUILDER
 
 
-class _Generation:
-    """What one generation installed; removed in postprocess, or at the next generation if it failed."""
-
-    hook: UNetHook | None = None
-    units: list = []
-    failure = None  # a UNet pre-hook that stops the generation with a unit's error message
+_PHOTO_STORE: PhotoStore | None = None
 
 
-_STATE = _Generation()
+def _photo_store() -> PhotoStore:
+    """Reference photos of generated images, keyed by the hash their infotext carries (for paste)."""
+    global _PHOTO_STORE
+    if _PHOTO_STORE is None:
+        from modules import paths
+
+        root = Path(getattr(paths, "data_path", None) or Path(paths.models_path).parent)
+        _PHOTO_STORE = PhotoStore(root / "caphuman" / "photos")
+    return _PHOTO_STORE
 
 
-def _remove_hook() -> None:
-    if _STATE.hook is not None:
-        _STATE.hook.remove()
-    if _STATE.failure is not None:
-        _STATE.failure.remove()
-    _STATE.hook, _STATE.units, _STATE.failure = None, [], None
+def _infotext(unit) -> str:
+    """A unit's infotext, its photos saved in the local store under the hashes written there."""
+    store = _photo_store()
+    pose = store.save([unit.pose_image]) if unit.pose_image is not None else None
+    return to_infotext(unit, store.save(unit.reference_images), pose)
 
 
-def _fail_generation(p, message: str) -> None:
-    """The webui swallows exceptions raised in scripts' process(); raising from the first UNet call instead stops
-    this generation and shows `message` in the UI / API answer. The hook removes itself before raising."""
-    def fail(module, args):
-        _remove_hook()
-        raise RuntimeError(message)
-
-    _STATE.failure = p.sd_model.model.diffusion_model.register_forward_pre_hook(fail)
+def _offload() -> bool:
+    """Move CapHuman's models off the GPU after use: the setting, or the webui's --medvram / --lowvram."""
+    return bool(_opt("caphuman_offload", False)) or a1111.low_vram()
 
 
-def _on_cfg_denoiser(params) -> None:
-    """Per step: the unit window and which CFG rows share a CapFace pass."""
-    if _STATE.hook is None:
-        return
-    for built in _STATE.units:
-        built.control.active = active_at(params.sampling_step, params.total_sampling_steps, built.params.start,
-                                         built.params.end)
-    cond = params.text_cond["crossattn"] if isinstance(params.text_cond, dict) else params.text_cond
-    _STATE.hook.row_sources = cfg_row_sources(params.x.shape[0], cond.shape[0]) \
-        if _opt("batch_cond_uncond", True) else None
+def _after_use() -> None:
+    if _offload():
+        builder().offload()
+        devices.torch_gc()
 
 
-script_callbacks.on_cfg_denoiser(_on_cfg_denoiser)
+script_callbacks.on_cfg_denoiser(a1111.on_cfg_denoiser)
 
 
 class Script(scripts.Script):
@@ -102,6 +91,8 @@ class Script(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
+        import gradio as gr
+
         tab = "img2img" if is_img2img else "txt2img"
         components, self.infotext_fields = [], []
         with gr.Accordion("CapHuman", open=False, elem_id=f"caphuman_{tab}"):
@@ -111,6 +102,8 @@ class Script(scripts.Script):
         return components
 
     def _unit_ui(self, tab: str, index: int) -> list:
+        import gradio as gr
+
         uid = f"{tab}_{index}"
         with gr.Row():
             enabled = gr.Checkbox(label="Enable", value=False, elem_id=f"caphuman_enabled_{uid}")
@@ -131,10 +124,10 @@ class Script(scripts.Script):
         with gr.Row():
             strength = gr.Slider(label="Strength", minimum=0, maximum=2, step=0.05, value=1.0,
                                  elem_id=f"caphuman_strength_{uid}")
-            start = gr.Slider(label="Start", minimum=0, maximum=1, step=0.01, value=0.0)
-            end = gr.Slider(label="End", minimum=0, maximum=1, step=0.01, value=1.0)
-            pose_only = gr.Slider(label="Pose-only phase (identity off at first)", minimum=0, maximum=1, step=0.01,
-                                  value=0.0)
+            start = gr.Slider(label="Start (fraction of steps)", minimum=0, maximum=1, step=0.01, value=0.0)
+            end = gr.Slider(label="End (fraction of steps)", minimum=0, maximum=1, step=0.01, value=1.0)
+            pose_only = gr.Slider(label="Pose-only steps (identity off for this first fraction of the steps)",
+                                  minimum=0, maximum=1, step=0.01, value=0.0)
         resize_mode = gr.Radio(label="Resize mode", choices=list(RESIZE_MODES), value="Crop and Resize")
         with gr.Accordion("Head sliders (used without a pose photo)", open=False):
             with gr.Row():
@@ -167,57 +160,52 @@ class Script(scripts.Script):
         assert len(values) == len(FIELD_ORDER)
         refresh.click(lambda: gr.update(choices=[""] + list(list_capface_models(_folders()))), outputs=[model])
         preview_button.click(_preview_ui, inputs=[*values, width, height], outputs=[preview, message])
-        key = infotext_key(index)
-        self.infotext_fields.append((enabled, lambda d, key=key: key in d))
-        for name, component in zip(FIELD_ORDER, values):
-            if name in ("enabled", "reference_images", "more_reference_images", "pose_image", "allow_whole_image"):
-                continue
-            self.infotext_fields.append((component, lambda d, key=key, name=name:
-                                         from_infotext(d[key]).get(name, gr.update()) if key in d else gr.update()))
+        self._paste_fields(index, dict(zip(FIELD_ORDER, values)), message)
         return values
 
+    def _paste_fields(self, index: int, components: dict, message) -> None:
+        """Paste: settings by unit position; photos (and `enabled`) only when the local photo store has them."""
+        import gradio as gr
+
+        def field(name: str):
+            def value(params: dict):
+                pasted = pasted_unit(params, index, _photo_store())
+                if pasted is None:
+                    return gr.update()
+                if name in pasted.settings:
+                    return gr.update(value=pasted.settings[name])
+                found = {"enabled": pasted.enabled, "reference_images": pasted.reference,
+                         "more_reference_images": pasted.more, "pose_image": pasted.pose}.get(name)
+                return gr.update() if found is None else gr.update(value=found)
+            return value
+
+        for name, component in components.items():
+            if name != "allow_whole_image":
+                self.infotext_fields.append((component, field(name)))
+        self.infotext_fields.append((message, lambda params: gr.update(value=(
+            pasted_unit(params, index, _photo_store()) or PastedUnit()).message or "")))
+
     def process(self, p, *args):
-        _remove_hook()  # a generation that failed earlier may have left one
-        try:
-            units = [u for u in units_from_args(args) if u.enabled]
-        except UnitValidationError as error:
-            return _fail_generation(p, f"CapHuman: {error}")
-        overrides = getattr(p, "caphuman_overrides", {})
-        for unit in units:
-            for name, value in overrides.items():
-                setattr(unit, name, value)
-        if not units:
-            return
-        if not getattr(p.sd_model, "is_sd1", True):
-            return _fail_generation(p, "CapHuman works with SD1.x checkpoints only (SD1.5 and its fine-tunes); the "
-                                    "loaded model is SDXL or SD2. Switch checkpoints or disable the CapHuman unit.")
-        try:
-            built = [builder().build(u, p.width, p.height, devices.device) for u in units]
-        except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
-            return _fail_generation(p, f"CapHuman: {error}")
-        for index, unit in enumerate(units):
-            p.extra_generation_params[infotext_key(index)] = to_infotext(unit)
-        _STATE.units = built
+        device = devices.device
+        a1111.start(p, args, prepare=lambda unit, position: builder().prepare(unit, device, position),
+                    render=lambda unit, width, height: builder().hint(unit, width, height, device),
+                    offload=_offload(), describe=_infotext)
+        if a1111.generation_of(p) is not None:
+            _after_use()
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        if not _STATE.units or _STATE.hook is not None:
-            return
-        unet = p.sd_model.model.diffusion_model
-        _STATE.hook = hook_unet(unet, [b.control for b in _STATE.units]).install()
+        if a1111.generation_of(p) is not None and "x" in kwargs:
+            a1111.before_sampling(p, kwargs["x"])
 
-    def before_hr(self, p, *args):
-        if not _STATE.units:
-            return
-        width, height = int(p.hr_upscale_to_x), int(p.hr_upscale_to_y)
-        for built in _STATE.units:
-            built.control.hint = builder().hint(built.params, width, height, devices.device)
+    def post_sample(self, p, ps, *args):
+        generation = a1111.generation_of(p)
+        if generation is not None:
+            generation.detach()
 
     def postprocess(self, p, processed, *args):
-        if _STATE.units:
-            _remove_hook()
-            if _opt("caphuman_offload", False):
-                builder().offload()
-                devices.torch_gc()
+        if a1111.generation_of(p) is not None:
+            a1111.end(p)
+            _after_use()
 
 
 def _preview_ui(*values):
@@ -236,6 +224,8 @@ def _preview(unit, width: int, height: int) -> dict:
 
 
 def _on_ui_settings():
+    import gradio as gr
+
     section = ("caphuman", "CapHuman")
     options = {
         "caphuman_units": shared.OptionInfo(2, "Number of CapHuman units (restart the UI)", gr.Slider,
@@ -243,8 +233,8 @@ def _on_ui_settings():
         "caphuman_model_dir": shared.OptionInfo("", "Extra CapHuman model folder", section=section),
         "caphuman_auto_download": shared.OptionInfo(True, "Download free model files on first use",
                                                     section=section),
-        "caphuman_offload": shared.OptionInfo(False, "Move CapHuman models to the CPU after each generation",
-                                              section=section),
+        "caphuman_offload": shared.OptionInfo(False, "Move CapHuman models to the CPU after each generation "
+                                              "(always on with --medvram / --lowvram)", section=section),
         "caphuman_cache_size": shared.OptionInfo(16, "Photos remembered by the identity and head caches", gr.Slider,
                                                  {"minimum": 1, "maximum": 128, "step": 1}, section=section),
     }
@@ -256,72 +246,7 @@ script_callbacks.on_ui_settings(_on_ui_settings)
 
 
 def _on_app_started(demo, app):
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
-    @app.middleware("http")
-    async def validate_caphuman_payload(request: Request, call_next):
-        if request.method == "POST" and request.url.path in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img"):
-            body = await request.body()
-            try:
-                scripts_args = (json.loads(body or b"{}").get("alwayson_scripts") or {})
-                entry = next((v for k, v in scripts_args.items() if k.lower() == SCRIPT_TITLE.lower()), None)
-                if entry is not None:
-                    units = entry.get("args", []) if isinstance(entry, dict) else entry
-                    if not isinstance(units, list):
-                        raise UnitValidationError("args", "expected a list of unit objects")
-                    for index, unit in enumerate(units):
-                        try:
-                            unit_from_dict(unit)
-                        except UnitValidationError as error:
-                            raise UnitValidationError(f"args[{index}].{error.field}", error.reason) from error
-            except UnitValidationError as error:
-                return JSONResponse(status_code=422, content={"detail": [{
-                    "loc": ["body", "alwayson_scripts", SCRIPT_TITLE, *error.field.split(".")],
-                    "msg": error.reason, "type": "value_error.caphuman"}]})
-            except (ValueError, AttributeError):
-                pass  # not JSON we understand: the webui answers it
-
-            async def receive():
-                return {"type": "http.request", "body": body}
-
-            request = Request(request.scope, receive)
-        return await call_next(request)
-
-    @app.get("/caphuman/v1/version")
-    def version():
-        return {"version": VERSION}
-
-    @app.get("/caphuman/v1/models")
-    def models():
-        from preprocessors.head.assets import HeadAssets, MissingHeadAssetError
-
-        try:
-            HeadAssets.find(_folders())
-            head = "ok"
-        except MissingHeadAssetError as error:
-            head = str(error)
-        return {"models": list(list_capface_models(_folders())), "folders": [str(f) for f in _folders()],
-                "head_assets": head}
-
-    @app.post("/caphuman/v1/preview")
-    def preview(payload: dict):
-        width, height = int(payload.pop("width", 512)), int(payload.pop("height", 512))
-        try:
-            unit = unit_from_dict({**payload, "enabled": True})
-            images = _preview(unit, width, height)
-        except UnitValidationError as error:
-            return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", error.field],
-                                                                      "msg": error.reason}]})
-        except Exception as error:  # noqa: BLE001
-            return JSONResponse(status_code=400, content={"detail": str(error)})
-
-        def encode(image):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return base64.b64encode(buffer.getvalue()).decode()
-
-        return {"images": {name: encode(image) for name, image in images.items()}}
+    install_api(app, folders=_folders, preview=_preview, version=VERSION, script_title=SCRIPT_TITLE)
 
 
 script_callbacks.on_app_started(_on_app_started)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from preprocessors import identity as ident
 from preprocessors.identity import weights
-from tests.conftest import run_shared_generator
+from tests.conftest import assert_within_float32_noise, float32_noise, run_shared_generator
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +47,33 @@ def encoder(synthetic):
 
 
 def test_face_parsing_matches_reference(synthetic, photo, reference):
+    """Labels are an argmax: where two classes' logits are within float32 noise, another machine may pick either."""
     assert np.array_equal(np.asarray(photo), reference["input.image"].numpy())
     model = ident.load_parsing_model(synthetic / "79999_iter.pth")
     labels = ident.parse_face(model, photo)
-    assert np.array_equal(labels, reference["parse.labels"].numpy())
+    logits = parsing_logits(model, photo)
+    assert_within_float32_noise(logits[:, :, 192:320, 192:320], reference["parse.logits_center128"],
+                                scale=logits.abs().max().item(), what="parsing logits")
+    top2 = logits[0].topk(2, dim=0)
+    tie = (top2.values[0] - top2.values[1] <= float32_noise(logits.abs().max().item())).numpy()
+    expected = reference["parse.labels"].numpy()
+    runner_up = top2.indices[1].numpy()
+    assert np.array_equal(labels[~tie], expected[~tie])
+    assert ((labels == expected) | (runner_up == expected))[tie].all()
+    assert tie.mean() < 1e-3  # a few pixels on class borders
     face_only = np.asarray(ident.paint_face_only(photo, labels))
-    assert np.array_equal(face_only, reference["parse.face_only"].numpy())
+    same = labels == expected
+    assert np.array_equal(face_only[same], reference["parse.face_only"].numpy()[same])
+
+
+def parsing_logits(model, photo) -> torch.Tensor:
+    """BiSeNet's first output, (1, 19, H, W), with parse_face's preprocessing."""
+    from preprocessors.identity.face_parsing import IMAGENET_MEAN, IMAGENET_STD
+
+    pixels = torch.from_numpy(np.array(photo, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    with torch.no_grad():
+        return model(((pixels - mean) / std)[None])[0]
 
 
 def test_white_painting_is_the_class_mask(photo, reference):
@@ -185,22 +206,9 @@ def test_missing_models_say_which_file_goes_where(tmp_path):
     paths = ident.IdentityModelPaths(clip_vision=tiny_clip_state(), folders=[tmp_path], allow_download=False)
     with pytest.raises(weights.ModelFileMissingError, match="79999_iter.pth not found: put it in"):
         ident.IdentityEncoder(paths).encode(Image.new("RGB", (64, 64)))
-    no_clip = ident.IdentityModelPaths(folders=[tmp_path], allow_download=False)
-    with pytest.raises(weights.ModelFileMissingError, match="caphuman.ckpt"):
+    no_clip = ident.IdentityModelPaths(folders=[tmp_path], allow_download=False, hub_caches=[])
+    with pytest.raises(weights.ModelFileMissingError, match="clip-vit-large-patch14.safetensors"):
         ident.IdentityEncoder(no_clip)._clip_state()
-
-
-def test_download_records_and_verifies_checksum(tmp_path, synthetic):
-    source = synthetic / "79999_iter.pth"
-    seen = []
-    folder = tmp_path / "models"
-    path = weights.download(weights.FACE_PARSING, folder, progress=lambda done, total: seen.append((done, total)),
-                            url=source.as_uri())
-    assert path.read_bytes() == source.read_bytes() and seen and seen[-1][0] == source.stat().st_size
-    assert weights.ensure(weights.FACE_PARSING, [folder], allow_download=False) == path
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(weights.ModelFileCorruptError, match="delete it"):
-        weights.ensure(weights.FACE_PARSING, [folder], allow_download=False)
 
 
 def test_unreachable_download_says_what_to_do(tmp_path):

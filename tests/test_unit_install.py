@@ -32,3 +32,62 @@ def test_missing_packages_are_installed_safely(monkeypatch):
     assert "install scikit-image" in calls and len(calls) == 3
     packages = {call.split()[-1].split("=")[0].split("<")[0].split(">")[0] for call in calls}
     assert not packages & {"torch", "torchvision", "numpy"}
+
+
+REPO = INSTALL.parent
+REQUIREMENTS_TXT = REPO / ".ci" / "requirements.txt"
+TOOLS = {"pytest", "ruff"}  # run by .ci/run, imported by nothing
+# pip name -> module, for the requirements whose module has another name
+MODULE_OF = {"pillow": "PIL", "opencv-python-headless": "cv2", "scikit-image": "skimage"}
+# module -> the package installed without its dependencies (.ci/run, install.py) that imports it
+NEEDED_BY_NO_DEPS_PACKAGES = {"einops": "ldm", "omegaconf": "ldm", "requests": "facenet_pytorch",
+                              "tqdm": "facenet_pytorch"}
+
+
+def imported_modules(paths) -> set[str]:
+    """Top-level names of every `import x` / `from x import` in the Python files under `paths`."""
+    import ast
+
+    names: set[str] = set()
+    for root in paths:
+        for path in Path(root).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+def _requirements_table() -> dict:
+    import ast
+
+    tree = ast.parse(INSTALL.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "REQUIREMENTS":
+            return ast.literal_eval(node.value)
+    raise AssertionError("install.py has no REQUIREMENTS table")
+
+
+def test_every_install_requirement_is_imported_by_the_extension():
+    used = imported_modules([REPO / "caphuman_ext", REPO / "preprocessors", REPO / "scripts"])
+    unused = [module for module in _requirements_table() if module not in used]
+    assert not unused, f"install.py installs {unused}, which the extension never imports"
+
+
+def test_every_ci_requirement_is_imported():
+    ours = imported_modules([REPO / "caphuman_ext", REPO / "preprocessors", REPO / "scripts", REPO / "tests",
+                             REPO / "benchmarks"])
+    unused = []
+    for line in REQUIREMENTS_TXT.read_text().splitlines():
+        name = line.split("#")[0].strip().split("=")[0].split("<")[0].split(">")[0].strip().lower()
+        if not name or name in TOOLS:
+            continue
+        module = MODULE_OF.get(name, name.replace("-", "_"))
+        if module in ours:
+            continue
+        owner = NEEDED_BY_NO_DEPS_PACKAGES.get(module)
+        spec = importlib.util.find_spec(owner) if owner else None
+        if spec is None or module not in imported_modules(spec.submodule_search_locations):
+            unused.append(name)
+    assert not unused, f".ci/requirements.txt lists {unused}, which nothing imports"

@@ -8,10 +8,12 @@ import io
 import pytest
 from PIL import Image
 
+from caphuman_ext.lifecycle.generation import in_window
+from caphuman_ext.lifecycle.rows import RowPlan, cfg_rows
 from caphuman_ext.unit.infotext import from_infotext, infotext_key, to_infotext
 from caphuman_ext.unit.models import list_capface_models
 from caphuman_ext.unit.params import FIELD_ORDER, UnitParams, UnitValidationError, unit_from_dict, units_from_args
-from caphuman_ext.unit.schedule import active_at, cfg_row_sources, pose_only_tau
+from caphuman_ext.unit.schedule import pose_only_tau
 
 
 def b64_png(size=(32, 32)) -> str:
@@ -79,9 +81,9 @@ def test_infotext_round_trip():
 
 
 def test_step_window():
-    steps = [s for s in range(20) if active_at(s, 20, 0.25, 0.75)]
+    steps = [s for s in range(20) if in_window(s / 20, 0.25, 0.75)]
     assert steps == list(range(5, 15))
-    assert all(active_at(s, 20, 0.0, 1.0) for s in range(20))
+    assert all(in_window(s / 20, 0.0, 1.0) for s in range(20))
 
 
 def test_pose_only_phase_is_the_reference_tau():
@@ -91,10 +93,18 @@ def test_pose_only_phase_is_the_reference_tau():
 
 
 def test_cfg_rows_share_by_image():
-    assert cfg_row_sources(4, 2) == [0, 1, 0, 1]  # batch 2: cond, cond, uncond, uncond
-    assert cfg_row_sources(6, 4) == [0, 0, 1, 1, 0, 1]  # AND-prompts: two conds per image
-    assert cfg_row_sources(3, 3) is None  # uncond skipped: nothing to share
-    assert cfg_row_sources(5, 3) is None
+    assert cfg_rows([1, 1], 2) == (0, 1, 0, 1)  # batch 2: cond, cond, uncond, uncond
+    assert cfg_rows([2, 2], 2) == (0, 0, 1, 1, 0, 1)  # AND-prompts: two conds per image
+    assert cfg_rows([3, 1], 2) == (0, 0, 0, 1, 0, 1)  # Prompt matrix: sub-prompt counts differ per image
+    assert cfg_rows([1], 1, extra_uncond_sets=1) == (0, 0, 0)  # instruct-pix2pix's image-uncond rows
+
+
+def test_row_plan_is_consumed_call_by_call():
+    plan = RowPlan(cfg_rows([2, 1], 2), step=0)
+    assert plan.take(2) == (0, 0) and plan.take(2) == (1, 0) and plan.take(1) == (1,)
+    assert plan.take(1) is None  # more rows than the step planned: every row on its own
+    skipped = RowPlan(cfg_rows([1, 1], 2), step=3)
+    assert skipped.take(2) == (0, 1)  # skip-early-CFG dropped the uncond rows
 
 
 def test_models_are_listed_from_every_folder(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from caphuman_ext.capface import CapFace
 from caphuman_ext.checkpoint import load_capface
 from caphuman_ext.control import CapFaceControl
+from caphuman_ext.lifecycle.generation import PreparedUnit
 from preprocessors.head.assets import HeadAssets
 from preprocessors.head.codes import DEFAULT_MODES
 from preprocessors.head.pipeline import HeadHint, HeadPipeline, ManualHead
@@ -81,18 +82,29 @@ class UnitBuilder:
         """The unit's head at W×H: posed by its pose photo, else by its sliders."""
         manual = None if unit.pose_image is not None else manual_head(unit)
         return self.head_pipeline(device).render(unit.reference_images[0], unit.pose_image,
-                                                 unit.modes or DEFAULT_MODES, width, height, unit.resize_mode, manual)
+                                                 unit.modes or DEFAULT_MODES, width, height, unit.resize_mode, manual,
+                                                 face_index=unit.face_index,
+                                                 allow_whole_image=unit.allow_whole_image)
 
     def hint(self, unit: UnitParams, width: int, height: int, device: torch.device) -> torch.Tensor:
         return self.render(unit, width, height, device).hint
 
-    def build(self, unit: UnitParams, width: int, height: int, device: torch.device) -> BuiltUnit:
+    def prepare(self, unit: UnitParams, device: torch.device, position: int = 0) -> PreparedUnit:
+        """CapFace and the identity context of a unit; its hint is rendered later, per sampling pass."""
         path = self.model_path(unit.model)
         capface = self.capface(path)
         identity = self.encoder(path, device).encode(unit.reference_images, unit.face_index, unit.allow_whole_image)
-        context = capface.identity_context(identity.clip_tokens, identity.face_embedding)
-        control = CapFaceControl(capface, hint=self.hint(unit, width, height, device), context=context.detach(),
-                                 strength=unit.strength, drop_identity_above_t=pose_only_tau(unit.pose_only))
+        with torch.no_grad():
+            context = capface.identity_context(identity.clip_tokens, identity.face_embedding)
+        return PreparedUnit(unit, capface, context.detach(), position)
+
+    def build(self, unit: UnitParams, width: int, height: int, device: torch.device) -> BuiltUnit:
+        """A unit as one control for a W×H picture (Python API; the webui renders per pass through `prepare`).
+        Its pose-only phase is the reference's timestep threshold tau."""
+        prepared = self.prepare(unit, device)
+        control = CapFaceControl(prepared.capface, hint=self.hint(unit, width, height, device),
+                                 context=prepared.context, strength=unit.strength,
+                                 drop_identity_above_t=pose_only_tau(unit.pose_only))
         return BuiltUnit(unit, control, (width, height))
 
     def offload(self) -> None:

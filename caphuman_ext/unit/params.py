@@ -1,14 +1,30 @@
-"""One CapHuman unit's parameters: defaults, the order the UI passes them in, and validation with field names."""
+"""One CapHuman unit's parameters: defaults, the order the UI passes them in, and validation with field names.
+
+Every value from the UI, the API or a pasted infotext goes through `unit_from_dict`: wrong types, NaN/Infinity,
+integers too large for a float, unknown modes and hostile images all raise UnitValidationError naming the field
+(UnitTooLargeError where a size limit was passed); nothing else escapes.
+"""
 
 from __future__ import annotations
 
 import base64
-import io
+import binascii
+import math
+import numbers
+import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from preprocessors.head.codes import MODES
 from preprocessors.head.frames import RESIZE_MODES
+from preprocessors.identity.errors import ImageError
+from preprocessors.identity.image_io import MAX_PHOTO_BYTES, PhotoTooLargeError, decode_photo, load_image
+
+MAX_PHOTOS = 8  # reference photos per unit (the first plus the UI's "more photos")
+MAX_FACE_INDEX = 32
+MAX_MODEL_NAME = 255
+_MODEL_NAME = re.compile(r"[^\x00-\x1f\x7f/\\;]+")  # a file name from the model list: no separators or controls
 
 
 class UnitValidationError(ValueError):
@@ -18,6 +34,10 @@ class UnitValidationError(ValueError):
         super().__init__(f"{field_name}: {reason}")
         self.field = field_name
         self.reason = reason
+
+
+class UnitTooLargeError(UnitValidationError):
+    """A photo is larger than the limits (API answers 413)."""
 
 
 @dataclass
@@ -49,119 +69,214 @@ class UnitParams:
 
 
 FIELD_ORDER = [f.name for f in fields(UnitParams)]
-_RANGES = {"strength": (0.0, 2.0), "start": (0.0, 1.0), "end": (0.0, 1.0), "pose_only": (0.0, 1.0),
-           "yaw": (-90.0, 90.0), "pitch": (-60.0, 60.0), "roll": (-60.0, 60.0), "center_x": (0.0, 1.0),
-           "center_y": (0.0, 1.0), "scale": (0.05, 1.5), "expression": (0.0, 2.0), "jaw_open": (-0.2, 0.6),
-           "light_yaw": (-180.0, 180.0), "light_pitch": (-90.0, 90.0), "light_strength": (0.0, 3.0)}
+RANGES = {"strength": (0.0, 2.0), "start": (0.0, 1.0), "end": (0.0, 1.0), "pose_only": (0.0, 1.0),
+          "yaw": (-90.0, 90.0), "pitch": (-60.0, 60.0), "roll": (-60.0, 60.0), "center_x": (0.0, 1.0),
+          "center_y": (0.0, 1.0), "scale": (0.05, 1.5), "expression": (0.0, 2.0), "jaw_open": (-0.2, 0.6),
+          "light_yaw": (-180.0, 180.0), "light_pitch": (-90.0, 90.0), "light_strength": (0.0, 3.0)}
+_RANGES = RANGES  # older name
 
 
-def decode_image(value: Any, field_name: str):
-    """PIL image from a PIL/numpy image, a base64 string (optionally a data URL) or a gradio image dict."""
+def describe(value: Any) -> str:
+    """A short, safe description of a rejected value (never the repr of a huge or deeply nested object)."""
+    if isinstance(value, (bool, int, float)) and not (isinstance(value, int) and abs(value) > 10**20):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else f"a string of {len(value)} characters"
+    if isinstance(value, int):
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
+    return f"a {type(value).__name__}"
+
+
+def _as_image(image, field_name: str):
+    try:
+        return load_image(image)
+    except PhotoTooLargeError as error:
+        raise UnitTooLargeError(field_name, str(error)) from error
+    except ImageError as error:
+        raise UnitValidationError(field_name, str(error)) from error
+
+
+def _decode(data, field_name: str, what: str):
+    try:
+        return decode_photo(data)
+    except PhotoTooLargeError as error:
+        raise UnitTooLargeError(field_name, str(error)) from error
+    except ImageError as error:
+        raise UnitValidationError(field_name, f"{what}: {error}") from error
+
+
+def decode_image(value: Any, field_name: str, _depth: int = 0):
+    """Upright RGB PIL image (see preprocessors.identity.image_io) from a PIL/numpy image, a base64 string (optionally
+    a data URL), raw bytes, a gradio image dict or an uploaded file; encoded data is decoded by `decode_photo` with
+    its format and size limits."""
     from PIL import Image
 
-    if value is None or isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict):  # gradio image editor / file objects
-        value = value.get("image") or value.get("composite") or value.get("background") or value.get("name")
-        return decode_image(value, field_name)
+    if value is None:
+        return None
+    if isinstance(value, Image.Image) or hasattr(value, "shape"):
+        return _as_image(value, field_name)
+    if isinstance(value, dict) and _depth == 0:  # gradio image editor / file objects
+        inner = next((value[k] for k in ("image", "composite", "background") if value.get(k) is not None), None)
+        return decode_image(inner, field_name, 1)  # an editor holding no image: no image
+    if isinstance(value, (bytes, bytearray)):
+        return _decode(bytes(value), field_name, "not a readable image")
     if hasattr(value, "name") and not isinstance(value, str):  # an uploaded file (gradio File)
-        try:
-            return Image.open(value.name).copy()
-        except Exception as error:  # noqa: BLE001
-            raise UnitValidationError(field_name, f"{value.name} is not an image") from error
-    if hasattr(value, "shape"):
-        from preprocessors.identity.image_io import load_image
-
-        return load_image(value)
+        return _decode(Path(str(value.name)), field_name, f"{Path(str(value.name)).name} is not a readable image")
     if isinstance(value, str):
         if value.startswith("data:") and "," in value:
             value = value.split(",", 1)[1]
+        if len(value) * 3 // 4 > MAX_PHOTO_BYTES + 3:
+            raise UnitTooLargeError(field_name, f"the photo is about {len(value) * 3 // 4} bytes; photos may be at "
+                                    f"most {MAX_PHOTO_BYTES} bytes")
         try:
-            return Image.open(io.BytesIO(base64.b64decode(value, validate=False))).copy()
-        except Exception as error:  # noqa: BLE001
+            data = base64.b64decode(value, validate=False)
+        except (binascii.Error, ValueError) as error:
             raise UnitValidationError(field_name, "not a base64-encoded image") from error
-    raise UnitValidationError(field_name, f"expected an image, got {type(value).__name__}")
+        return _decode(data, field_name, "not a base64-encoded PNG, JPEG, WebP or BMP image")
+    raise UnitValidationError(field_name, f"expected an image, got {describe(value)}")
 
 
-def _number(data: dict, name: str, cast=float):
-    value = data[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise UnitValidationError(name, f"expected a number, got {type(value).__name__}")
+def _finite(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise UnitValidationError(name, f"expected a number, got {describe(value)}")
+    if isinstance(value, str) and len(value) > 64:
+        raise UnitValidationError(name, f"expected a number, got {describe(value)}")
     try:
-        value = cast(value)
+        number = float(value)
+    except OverflowError as error:
+        raise UnitValidationError(name, f"{describe(value)} is too large") from error
     except (TypeError, ValueError) as error:
-        raise UnitValidationError(name, f"expected a number, got {value!r}") from error
-    if name in _RANGES:
-        low, high = _RANGES[name]
+        raise UnitValidationError(name, f"expected a number, got {describe(value)}") from error
+    if not math.isfinite(number):
+        raise UnitValidationError(name, f"expected a finite number, got {describe(value)}")
+    return number
+
+
+def _number(data: dict, name: str) -> float:
+    value = _finite(data[name], name)
+    if name in RANGES:
+        low, high = RANGES[name]
         if not low <= value <= high:
-            raise UnitValidationError(name, f"{value} is outside [{low}, {high}]")
+            raise UnitValidationError(name, f"{value:g} is outside [{low:g}, {high:g}]")
     return value
+
+
+def _face_index(value: Any) -> int:
+    number = _finite(value, "face_index")
+    if not number.is_integer() or not 0 <= number <= MAX_FACE_INDEX:
+        raise UnitValidationError("face_index", f"expected a whole number from 0 (largest face) to {MAX_FACE_INDEX}, "
+                                  f"got {describe(value)}")
+    return int(number)
+
+
+def parse_modes(value: Any) -> tuple[str, ...]:
+    """A list of mode names or 'position,pose' / 'position+pose' ('all' = every mode) -> a non-empty tuple."""
+    if isinstance(value, str):
+        if len(value) > 200:
+            raise UnitValidationError("modes", f"expected mode names, got {describe(value)}")
+        items = re.split(r"[,+]", value)
+    elif isinstance(value, (list, tuple)):
+        if len(value) > len(MODES) * 2 or not all(isinstance(m, str) and len(m) <= 40 for m in value):
+            raise UnitValidationError("modes", f"expected a list of mode names from {list(MODES)}")
+        items = list(value)
+    else:
+        raise UnitValidationError("modes", f"expected a list of mode names from {list(MODES)}, got {describe(value)}")
+    names = [m.strip().lower() for m in items if m.strip()]
+    if "all" in names:
+        return MODES
+    bad = [m for m in names if m not in MODES]
+    if bad:
+        raise UnitValidationError("modes", f"unknown mode(s) {bad}; choose from {list(MODES)}")
+    if not names:
+        raise UnitValidationError("modes", f"choose at least one of {list(MODES)} (what the pose photo or the head "
+                                  "sliders set; position and pose are the defaults)")
+    return tuple(dict.fromkeys(names))
+
+
+def check_model_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise UnitValidationError("model", f"expected a model file name, got {describe(value)}")
+    if value and (len(value) > MAX_MODEL_NAME or not _MODEL_NAME.fullmatch(value) or value != value.strip()):
+        raise UnitValidationError("model", f"{describe(value)} is not a model file name from the list")
+    return value
+
+
+def _photo_list(value: Any, name: str) -> list:
+    images = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in images if v is not None]
+
+
+def _numbered_photo(value: Any, name: str, index: int, count: int):
+    try:
+        return decode_image(value, name)
+    except UnitValidationError as error:
+        if count > 1:
+            error.reason = f"photo {index + 1}: {error.reason}"
+            error.args = (f"{name}: {error.reason}",)
+        raise
 
 
 def unit_from_dict(data: dict) -> UnitParams:
     """Validate an API/UI dict; unknown keys and wrong values raise UnitValidationError naming the field."""
     if not isinstance(data, dict):
-        raise UnitValidationError("unit", f"expected an object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(FIELD_ORDER) - {"reference_image"})
+        raise UnitValidationError("unit", f"expected an object, got {describe(data)}")
+    unknown = sorted(str(k) for k in set(data) - set(FIELD_ORDER) - {"reference_image"})
     if unknown:
-        raise UnitValidationError(unknown[0], f"unknown field (known: {', '.join(FIELD_ORDER)})")
+        raise UnitValidationError(unknown[0][:60], f"unknown field {describe(unknown[0])} (known: "
+                                  f"{', '.join(FIELD_ORDER)})")
     unit = UnitParams()
     values = dict(data)
     if "reference_image" in values:
         values.setdefault("reference_images", [values.pop("reference_image")])
+        values.pop("reference_image", None)
+    photos = {name: _photo_list(values.get(name), name) for name in ("reference_images", "more_reference_images")}
+    count = sum(len(v) for v in photos.values())
+    if count > MAX_PHOTOS:
+        raise UnitValidationError("reference_images", f"{count} photos; a unit takes at most {MAX_PHOTOS}")
     for name in FIELD_ORDER:
         if name not in values:
             continue
+        value = values[name]
         if name in ("enabled", "allow_whole_image"):
-            if not isinstance(values[name], bool):
-                raise UnitValidationError(name, "expected true or false")
-            setattr(unit, name, values[name])
+            if not isinstance(value, bool):
+                raise UnitValidationError(name, f"expected true or false, got {describe(value)}")
+            setattr(unit, name, value)
         elif name == "face_index":
-            setattr(unit, name, int(_number(values, name, float)))
-            if unit.face_index < 0:
-                raise UnitValidationError(name, "must be 0 (largest face) or more")
+            unit.face_index = _face_index(value)
         elif name == "model":
-            if not isinstance(values[name], str):
-                raise UnitValidationError(name, "expected a model name")
-            unit.model = values[name]
+            unit.model = check_model_name(value)
         elif name == "modes":
-            modes = values[name]
-            modes = [m.strip() for m in modes.split(",")] if isinstance(modes, str) else list(modes or [])
-            bad = [m for m in modes if m not in MODES]
-            if bad:
-                raise UnitValidationError(name, f"unknown mode(s) {bad}; choose from {list(MODES)}")
-            unit.modes = tuple(modes)
+            unit.modes = parse_modes(value)
         elif name == "resize_mode":
-            if values[name] not in RESIZE_MODES:
-                raise UnitValidationError(name, f"choose from {list(RESIZE_MODES)}")
-            unit.resize_mode = values[name]
-        elif name in ("reference_images", "more_reference_images"):
-            images = values[name]
-            images = images if isinstance(images, (list, tuple)) else [images]
-            setattr(unit, name, [decode_image(v, name) for v in images if v is not None])
+            if not isinstance(value, str) or value not in RESIZE_MODES:
+                raise UnitValidationError(name, f"choose from {list(RESIZE_MODES)}, got {describe(value)}")
+            unit.resize_mode = value
+        elif name in photos:
+            decoded = [_numbered_photo(v, name, i, len(photos[name])) for i, v in enumerate(photos[name])]
+            setattr(unit, name, [image for image in decoded if image is not None])
         elif name == "pose_image":
-            unit.pose_image = decode_image(values[name], name)
+            unit.pose_image = decode_image(value, name)
         else:
             setattr(unit, name, _number(values, name))
     unit.reference_images = unit.reference_images + unit.more_reference_images
     unit.more_reference_images = []
     if unit.start > unit.end:
-        raise UnitValidationError("start", f"start ({unit.start}) is after end ({unit.end})")
+        raise UnitValidationError("start", f"start ({unit.start:g}) is after end ({unit.end:g})")
     if unit.enabled and not unit.reference_images:
         raise UnitValidationError("reference_images", "an enabled unit needs at least one reference photo")
     return unit
 
 
 def units_from_args(args: tuple | list, fields_per_unit: int = len(FIELD_ORDER)) -> list[UnitParams]:
-    """Script arguments -> units: API dicts (the webui keeps the UI's defaults after them), or the UI's flat
-    component values in FIELD_ORDER per unit."""
+    """Script arguments -> units in their positions (disabled ones included): API dicts (the webui keeps the UI's
+    defaults after them), or the UI's flat component values in FIELD_ORDER per unit."""
     if args and isinstance(args[0], dict):
         leading = []
         for value in args:
             if not isinstance(value, dict):
                 break
-            leading.append(unit_from_dict(value))
-        return leading
+            leading.append(value)
+        return [unit_from_dict(value) for value in leading]
     units = []
     for start in range(0, len(args) - fields_per_unit + 1, fields_per_unit):
         chunk = dict(zip(FIELD_ORDER, args[start: start + fields_per_unit]))
@@ -172,3 +287,4 @@ def units_from_args(args: tuple | list, fields_per_unit: int = len(FIELD_ORDER))
             chunk = {"enabled": False}
         units.append(unit_from_dict(chunk))
     return units
+

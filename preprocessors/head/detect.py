@@ -1,8 +1,10 @@
-"""Where the face is, for DECA's crop: face_alignment's 68 FAN landmarks when available, else MTCNN's box.
+"""Where the face is, for DECA's crop: the face the whole unit uses (`choose_face`: MTCNN boxes of the photo,
+largest first, shared with FaceNet and face parsing), refined by face_alignment's 68 FAN landmarks when available.
 
 DECA itself treats the two differently (TestData.bbox2point): landmark extent × 1.1 ('kpt68'), or a detector box
 whose centre moves down by 0.12 × its size ('bbox'). MTCNN boxes (facenet-pytorch, weights inside its wheel) use the
-'bbox' convention, as DECA does for detector boxes.
+'bbox' convention, as DECA does for detector boxes. With no face and the whole-photo fallback allowed, DECA's own
+fallback ("no face detected! run original image"): the photo's extent as a 'kpt68' box, i.e. a centred crop.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..identity.errors import NoFaceError
+from ..identity.facenet import choose_face
 from .crop import box_from_detector, box_from_landmarks
+from .frames import SquareFrame
 
 
 class NoHeadFoundError(ValueError):
@@ -18,7 +23,6 @@ class NoHeadFoundError(ValueError):
 
 
 _FAN = None
-_MTCNN = None
 
 
 def _fan():
@@ -35,25 +39,33 @@ def _fan():
     return _FAN or None
 
 
-def _mtcnn():
-    global _MTCNN
-    if _MTCNN is None:
-        from facenet_pytorch import MTCNN
-
-        _MTCNN = MTCNN(keep_all=True, device="cpu")
-    return _MTCNN
+def to_square(points: np.ndarray, frame: SquareFrame) -> np.ndarray:
+    """Photo pixels (…, 2) -> pixels of the letterboxed square the photo is resized to (frame.size)."""
+    return (np.asarray(points, dtype=np.float64) + np.array(frame.pad)) * frame.size / frame.side
 
 
-def face_region(photo: np.ndarray, use_fan: bool = True) -> tuple[tuple[float, np.ndarray], str]:
-    """((size, centre), method) of the largest face in a uint8 RGB photo, in DECA's conventions."""
+def whole_photo_region(frame: SquareFrame) -> tuple[float, np.ndarray]:
+    """DECA's no-face fallback: the photo's extent (in the square) as a 'kpt68' box."""
+    corners = to_square(np.array([[0.0, 0.0], [frame.width, frame.height]]), frame) - np.array([[0.0, 0.0],
+                                                                                               [1.0, 1.0]])
+    return box_from_landmarks(corners)
+
+
+def face_region(photo: Image.Image, square: np.ndarray, frame: SquareFrame, face_index: int = 0,
+                allow_whole_image: bool = False, use_fan: bool = True, name: str = "photo"
+                ) -> tuple[tuple[float, np.ndarray], str, tuple[float, float, float, float] | None]:
+    """((size, centre) in square pixels, method, face box in photo pixels or None) of face `face_index`
+    (0 = largest) of `photo`, whose letterboxed uint8 square is `square` (`frame`)."""
+    try:
+        face = choose_face(photo, face_index, allow_whole_image, photo=name).face
+    except NoFaceError as error:
+        raise NoHeadFoundError(str(error)) from error
+    if face is None:
+        return whole_photo_region(frame), "whole", None
+    box = to_square(np.array(face.box).reshape(2, 2), frame).reshape(4)
     fan = _fan() if use_fan else None
     if fan is not None:
-        found = fan.get_landmarks(photo)
+        found = fan.get_landmarks(square, detected_faces=[box])
         if found:
-            landmarks = max(found, key=lambda p: np.ptp(p[:, 0]) * np.ptp(p[:, 1]))
-            return box_from_landmarks(landmarks[:, :2]), "fan"
-    boxes, _ = _mtcnn().detect(Image.fromarray(photo))
-    if boxes is None or len(boxes) == 0:
-        raise NoHeadFoundError("no face was found in the photo: use one where the face is clearly visible")
-    box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-    return box_from_detector(tuple(float(v) for v in box)), "mtcnn"
+            return box_from_landmarks(found[0][:, :2]), "fan", face.box
+    return box_from_detector(tuple(float(v) for v in box)), "mtcnn", face.box

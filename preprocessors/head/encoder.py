@@ -25,12 +25,25 @@ class DecaEncoder(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> DecaEncoder:
-        """deca_model.tar read with `torch.serialization.load(weights_only=True)`; only `E_flame` is used."""
-        checkpoint = torch.serialization.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict) or "E_flame" not in checkpoint:
-            raise ValueError(f"{Path(path).name}: expected DECA's deca_model.tar with an 'E_flame' entry")
+        """deca_model.tar read by `caphuman_ext.safe_load` (no pickled code runs, sizes bounded by the file); only
+        `E_flame` is used, and it must fit the network exactly."""
+        from caphuman_ext.safe_load import load_pickled_weights
+
+        name = Path(path).name
+        checkpoint = load_pickled_weights(path)
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("E_flame"), dict):
+            raise ValueError(f"{name}: expected DECA's deca_model.tar with an 'E_flame' entry")
         model = cls()
-        model.load_state_dict(checkpoint["E_flame"], strict=True)
+        expected = model.state_dict()
+        state = checkpoint["E_flame"]
+        wrong = [k for k, v in expected.items()
+                 if not isinstance(state.get(k), torch.Tensor) or tuple(state[k].shape) != tuple(v.shape)]
+        if wrong or set(state) - set(expected):
+            raise ValueError(f"{name}: 'E_flame' does not fit DECA's encoder (missing or mismatched: {wrong[:4]}, "
+                             f"unexpected: {sorted(set(state) - set(expected))[:4]})")
+        if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+            raise ValueError(f"{name}: 'E_flame' holds NaN or infinite weights")
+        model.load_state_dict(state, strict=True)
         return model.to(device).eval().requires_grad_(False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

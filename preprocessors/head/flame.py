@@ -8,16 +8,70 @@ import numpy as np
 import torch
 from torch import nn
 
+from .file_checks import (
+    MAX_BLEND_SHAPES,
+    MAX_FACES,
+    MAX_JOINTS,
+    MAX_LANDMARKS,
+    MAX_VERTICES,
+    HeadFileError,
+    checked_array,
+    checked_indices,
+    within,
+)
 from .safe_pickle import load_object_npy, load_pickle
 
 N_SHAPE, N_EXP = 100, 50
 NECK_JOINT = 1
 
 
-def _array(value, dtype=np.float32) -> np.ndarray:
-    if hasattr(value, "toarray"):  # scipy sparse
-        value = value.toarray()
-    return np.asarray(value, dtype=dtype)
+def _checked_model(model: dict, n_shape: int, n_exp: int, name: str) -> dict[str, np.ndarray]:
+    """FLAME's arrays, each of the shape the others imply (vertex, face and joint counts within limits)."""
+    if not isinstance(model, dict):
+        raise HeadFileError(f"{name}: expected FLAME's dict of arrays, found {type(model).__name__}")
+    missing = [k for k in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
+               if k not in model]
+    if missing:
+        raise HeadFileError(f"{name}: not a FLAME model, missing {missing}")
+    v_template = checked_array(name, "v_template", model["v_template"], (None, 3))
+    vertices = within(name, "vertices", v_template.shape[0], 3, MAX_VERTICES)
+    faces = checked_indices(name, "f", model["f"], (None, 3), vertices)
+    within(name, "faces", faces.shape[0], 1, MAX_FACES)
+    kintree = checked_array(name, "kintree_table", model["kintree_table"], (2, None), np.int64)
+    joints = within(name, "joints", kintree.shape[1], 2, MAX_JOINTS)
+    parents = kintree[0].copy()
+    parents[0] = -1
+    if any(not 0 <= parents[j] < j for j in range(1, joints)):
+        raise HeadFileError(f"{name}: 'kintree_table' is not a tree in joint order")
+    shapedirs = checked_array(name, "shapedirs", model["shapedirs"], (vertices, 3, None))
+    within(name, "blend shapes", shapedirs.shape[2], 300 + n_exp, MAX_BLEND_SHAPES)
+    posedirs = checked_array(name, "posedirs", model["posedirs"], (vertices, 3, 9 * (joints - 1)))
+    return {"v_template": v_template, "f": faces, "shapedirs": shapedirs, "posedirs": posedirs, "parents": parents,
+            "J_regressor": checked_array(name, "J_regressor", model["J_regressor"], (joints, vertices)),
+            "weights": checked_array(name, "weights", model["weights"], (vertices, joints))}
+
+
+_LANDMARK_SHAPES = {"static_lmk": (None,), "dynamic_lmk": (79, None), "full_lmk": (None, None)}
+
+
+def _checked_landmarks(landmarks: dict, faces: int, name: str) -> dict[str, torch.Tensor]:
+    """DECA's landmark embedding: face indices within the mesh, finite barycentrics (79 contour angles)."""
+    if not isinstance(landmarks, dict):
+        raise HeadFileError(f"{name}: expected DECA's landmark dict, found {type(landmarks).__name__}")
+    out = {}
+    for prefix, shape in _LANDMARK_SHAPES.items():
+        index_key, bary_key = f"{prefix}_faces_idx", f"{prefix}_bary_coords"
+        if index_key not in landmarks or bary_key not in landmarks:
+            raise HeadFileError(f"{name}: missing '{index_key}' / '{bary_key}'")
+        index = checked_indices(name, index_key, _numpy(landmarks[index_key]), shape, faces)
+        within(name, f"'{index_key}' entries", index.size, 1, MAX_LANDMARKS)
+        bary = checked_array(name, bary_key, _numpy(landmarks[bary_key]), (*index.shape, 3))
+        out[index_key], out[bary_key] = torch.from_numpy(index), torch.from_numpy(bary)
+    return out
+
+
+def _numpy(value):
+    return value.numpy() if isinstance(value, torch.Tensor) else value
 
 
 def rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
@@ -71,31 +125,27 @@ def barycentric_points(vertices: torch.Tensor, faces: torch.Tensor, face_idx: to
 class Flame(nn.Module):
     """FLAME 2020 as DECA uses it: 100 shape, 50 expression, pose = global rotation (3) + jaw (3)."""
 
-    def __init__(self, model: dict, landmarks: dict, n_shape: int = N_SHAPE, n_exp: int = N_EXP) -> None:
+    def __init__(self, model: dict, landmarks: dict, n_shape: int = N_SHAPE, n_exp: int = N_EXP,
+                 names: tuple[str, str] = ("generic_model.pkl", "landmark_embedding.npy")) -> None:
+        """`model`/`landmarks` as read from the files named `names`; every array is checked (HeadFileError)."""
         super().__init__()
-        self.register_buffer("faces", torch.from_numpy(_array(model["f"], np.int64)))
-        self.register_buffer("v_template", torch.from_numpy(_array(model["v_template"])))
-        shapedirs = torch.from_numpy(_array(model["shapedirs"]))
+        arrays = _checked_model(model, n_shape, n_exp, names[0])
+        self.register_buffer("faces", torch.from_numpy(arrays["f"]))
+        self.register_buffer("v_template", torch.from_numpy(arrays["v_template"]))
+        shapedirs = torch.from_numpy(arrays["shapedirs"])
         self.register_buffer("shapedirs", torch.cat([shapedirs[:, :, :n_shape], shapedirs[:, :, 300:300 + n_exp]], 2))
-        posedirs = _array(model["posedirs"])
+        posedirs = arrays["posedirs"]
         self.register_buffer("posedirs", torch.from_numpy(posedirs.reshape(-1, posedirs.shape[-1]).T.copy()))
-        self.register_buffer("j_regressor", torch.from_numpy(_array(model["J_regressor"])))
-        parents = _array(model["kintree_table"], np.int64)[0].copy()
-        parents[0] = -1
-        self.parents = [int(p) for p in parents]
-        self.register_buffer("lbs_weights", torch.from_numpy(_array(model["weights"])))
-
-        def tensor(key: str, dtype: torch.dtype) -> torch.Tensor:
-            value = landmarks[key]
-            value = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
-            return value.to(dtype)
-
-        self.register_buffer("static_lmk_faces", tensor("static_lmk_faces_idx", torch.long))
-        self.register_buffer("static_lmk_bary", tensor("static_lmk_bary_coords", torch.float32))
-        self.register_buffer("dynamic_lmk_faces", tensor("dynamic_lmk_faces_idx", torch.long))
-        self.register_buffer("dynamic_lmk_bary", tensor("dynamic_lmk_bary_coords", torch.float32))
-        self.register_buffer("full_lmk_faces", tensor("full_lmk_faces_idx", torch.long))
-        self.register_buffer("full_lmk_bary", tensor("full_lmk_bary_coords", torch.float32))
+        self.register_buffer("j_regressor", torch.from_numpy(arrays["J_regressor"]))
+        self.parents = [int(p) for p in arrays["parents"]]
+        self.register_buffer("lbs_weights", torch.from_numpy(arrays["weights"]))
+        marks = _checked_landmarks(landmarks, len(arrays["f"]), names[1])
+        self.register_buffer("static_lmk_faces", marks["static_lmk_faces_idx"])
+        self.register_buffer("static_lmk_bary", marks["static_lmk_bary_coords"])
+        self.register_buffer("dynamic_lmk_faces", marks["dynamic_lmk_faces_idx"])
+        self.register_buffer("dynamic_lmk_bary", marks["dynamic_lmk_bary_coords"])
+        self.register_buffer("full_lmk_faces", marks["full_lmk_faces_idx"])
+        self.register_buffer("full_lmk_bary", marks["full_lmk_bary_coords"])
         chain, joint = [], NECK_JOINT
         while joint != -1:
             chain.append(joint)
@@ -105,7 +155,8 @@ class Flame(nn.Module):
     @classmethod
     def from_files(cls, model_path: str | Path, landmark_path: str | Path) -> Flame:
         """generic_model.pkl (chumpy pickle, read without chumpy) + landmark_embedding.npy."""
-        return cls(load_pickle(model_path), load_object_npy(landmark_path))
+        return cls(load_pickle(model_path), load_object_npy(landmark_path),
+                   names=(Path(model_path).name, Path(landmark_path).name))
 
     def _contour(self, full_pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The 17 jaw-line landmarks follow the head's rotation about y (FLAME's lookup table)."""

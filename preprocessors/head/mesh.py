@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .file_checks import MAX_FACES, MAX_UVS, MAX_VERTICES, HeadFileError, within
 
 
 @dataclass
@@ -16,25 +19,60 @@ class HeadTemplate:
     uv_faces: torch.Tensor  # (F, 3) texture-coordinate indices
 
 
+MAX_OBJ_BYTES = 64 << 20  # DECA's head_template.obj is ~ 1 MB
+
+
+def _index(token: str, count: int, what: str, name: str, line: int) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise HeadFileError(f"{name}, line {line}: '{token}' is not a {what} index") from None
+    if not 1 <= value <= count:
+        raise HeadFileError(f"{name}, line {line}: {what} index {value} outside 1..{count} (defined so far)")
+    return value - 1
+
+
 def load_obj(path: str | Path) -> HeadTemplate:
-    """Triangles and UVs of an OBJ (`v`, `vt`, `f a/ta[/na] ...`); polygons are fanned into triangles."""
+    """Triangles and UVs of an OBJ (`v`, `vt`, `f a/ta[/na] ...`); polygons are fanned into triangles.
+
+    Counts, indices (1-based, referring to `v`/`vt` lines before them) and finite UVs are checked as it is read;
+    a damaged or hostile file raises HeadFileError naming the line.
+    """
+    path = Path(path)
+    name = path.name
+    if path.stat().st_size > MAX_OBJ_BYTES:
+        raise HeadFileError(f"{name}: {path.stat().st_size} bytes, more than a head template holds")
     uvs, faces, uv_faces = [], [], []
+    vertex_count = 0
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             parts = line.split()
             if not parts:
                 continue
-            if parts[0] == "vt":
-                uvs.append([float(parts[1]), float(parts[2])])
+            if parts[0] == "v":
+                vertex_count = within(name, "vertices", vertex_count + 1, 0, MAX_VERTICES)
+            elif parts[0] == "vt":
+                try:
+                    uv = [float(parts[1]), float(parts[2])]
+                except (IndexError, ValueError):
+                    raise HeadFileError(f"{name}, line {number}: malformed texture coordinate") from None
+                if not all(math.isfinite(v) for v in uv):
+                    raise HeadFileError(f"{name}, line {number}: texture coordinate {uv} is not finite")
+                uvs.append(uv)
+                within(name, "texture coordinates", len(uvs), 0, MAX_UVS)
             elif parts[0] == "f":
                 corners = [p.split("/") for p in parts[1:]]
-                vertex = [int(c[0]) - 1 for c in corners]
-                texture = [int(c[1]) - 1 if len(c) > 1 and c[1] else int(c[0]) - 1 for c in corners]
+                if len(corners) < 3:
+                    raise HeadFileError(f"{name}, line {number}: a face needs at least 3 corners")
+                vertex = [_index(c[0], vertex_count, "vertex", name, number) for c in corners]
+                texture = [_index(c[1] if len(c) > 1 and c[1] else c[0], len(uvs), "texture", name, number)
+                           for c in corners]
                 for i in range(1, len(corners) - 1):
                     faces.append([vertex[0], vertex[i], vertex[i + 1]])
                     uv_faces.append([texture[0], texture[i], texture[i + 1]])
+                within(name, "triangles", len(faces), 0, MAX_FACES)
     if not faces or not uvs:
-        raise ValueError(f"{Path(path).name}: expected an OBJ with faces and texture coordinates (vt)")
+        raise HeadFileError(f"{name}: expected an OBJ with faces and texture coordinates (vt)")
     return HeadTemplate(torch.tensor(faces, dtype=torch.long), torch.tensor(uvs, dtype=torch.float32),
                         torch.tensor(uv_faces, dtype=torch.long))
 

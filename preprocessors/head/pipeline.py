@@ -5,17 +5,22 @@
                              resize_mode="Crop and Resize")
     result.hint  # (1, 9, 512, 768): cat([normal, albedo, shading]) at the generation size
     pipeline.render(..., width=1536, height=1024)  # hires fix: re-rendered, nothing re-encoded
+
+Photos are read with the identity stage's `load_image` (EXIF orientation applied, RGB) and the identity photo's face
+is the unit's `face_index` face, the one FaceNet and face parsing use (`choose_face`); a pose photo's face is its
+largest. `allow_whole_image` fits a photo without a face as DECA does: a centred crop of the whole photo.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..cache import MB, ByteLRU
+from ..identity.image_io import load_image
 from ..photo_key import photo_key
 from .assets import HeadAssets
 from .codes import DEFAULT_MODES, apply_manual, mix_codes
@@ -53,7 +58,8 @@ class ManualHead:
 class PhotoCodes:
     codes: dict[str, torch.Tensor]  # DECA codes + tform (inverse-transposed crop transform)
     frame: SquareFrame
-    method: str  # how the face was found: landmarks | fan | mtcnn
+    method: str  # how the face was found: landmarks | fan | mtcnn | whole (no face: the whole photo)
+    face_box: tuple[float, float, float, float] | None = None  # the detected face used, in photo pixels
 
 
 @dataclass
@@ -69,21 +75,36 @@ class HeadHint:
         return self.maps.hint()
 
 
-def _photo_key(image: Image.Image, landmarks) -> str:
-    return photo_key(image, None if landmarks is None else np.asarray(landmarks, dtype=np.float64).tobytes())
+def upright(photo, landmarks=None) -> tuple[Image.Image, np.ndarray | None]:
+    """The photo as every stage reads it (`load_image`: EXIF orientation applied, RGB, large photos downscaled) and
+    its landmarks scaled along (given in pixels of the upright photo before any downscale)."""
+    image = load_image(photo)
+    if landmarks is not None:
+        landmarks = np.asarray(landmarks, dtype=np.float64)
+        if isinstance(photo, Image.Image) and max(photo.size) != max(image.size):
+            landmarks = landmarks * max(image.size) / max(photo.size)
+    return image, landmarks
+
+
+def _photo_key(image: Image.Image, landmarks, face_index: int, allow_whole_image: bool) -> str:
+    return photo_key(image, None if landmarks is None else np.asarray(landmarks, dtype=np.float64).tobytes(),
+                     face_index, allow_whole_image)
 
 
 class HeadPipeline:
-    """Loads only what the hint needs (E_flame, FLAME, texture space, head template), lazily."""
+    """Loads only what the hint needs (E_flame, FLAME, texture space, head template), lazily.
+
+    Caches, by photo content: DECA codes of `cache_size` photos (at most `cache_bytes`), and rendered hints
+    (`cache_size` of them, at most `hint_cache_bytes`: a 4096² hint alone is ~670 MB, and is then not kept).
+    """
 
     def __init__(self, assets: HeadAssets, device: torch.device | str = "cpu", cache_size: int = 32,
-                 deca_size: int = DECA_SIZE) -> None:
+                 deca_size: int = DECA_SIZE, cache_bytes: int = 64 * MB, hint_cache_bytes: int = 512 * MB) -> None:
         self.assets = assets
         self.device = torch.device(device)
         self.deca_size = deca_size
-        self.cache: OrderedDict[str, PhotoCodes] = OrderedDict()
-        self.hints: OrderedDict[tuple, HeadHint] = OrderedDict()
-        self.cache_size = cache_size
+        self.cache: ByteLRU[PhotoCodes] = ByteLRU(cache_bytes, cache_size)
+        self.hints: ByteLRU[HeadHint] = ByteLRU(hint_cache_bytes, cache_size)
         self._models: tuple | None = None
 
     def models(self) -> tuple[DecaEncoder, Flame, FlameTexture, HeadRenderer]:
@@ -101,58 +122,62 @@ class HeadPipeline:
             for model in self._models:
                 model.to("cpu")
 
-    def photo_codes(self, photo: Image.Image, landmarks: np.ndarray | None = None) -> PhotoCodes:
-        """DECA codes of a photo (letterboxed to a square, resized to 512); cached by content.
+    def photo_codes(self, photo, landmarks: np.ndarray | None = None, face_index: int = 0,
+                    allow_whole_image: bool = False, name: str = "reference photo") -> PhotoCodes:
+        """DECA codes of a photo's face `face_index` (0 = largest; the photo letterboxed to a square, resized to
+        512); cached by content.
 
-        landmarks: optional (68, 2) points in the photo's pixels (skips detection).
+        landmarks: optional (68, 2) points in the upright photo's pixels (skips detection).
+        allow_whole_image: a photo without a face is fitted as a centred crop of the whole photo (else an error).
         """
-        key = _photo_key(photo, landmarks)
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        square, frame = letterbox(photo, self.deca_size)
+        image, landmarks = upright(photo, landmarks)
+        key = _photo_key(image, landmarks, face_index, allow_whole_image)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        square, frame = letterbox(image, self.deca_size)
+        face_box = None
         if landmarks is not None:
-            points = (np.asarray(landmarks, dtype=np.float64) + np.array(frame.pad)) * self.deca_size / frame.side
+            points = (landmarks + np.array(frame.pad)) * self.deca_size / frame.side
             region, method = box_from_landmarks(points), "landmarks"
         else:
-            region, method = face_region(square)
+            region, method, face_box = face_region(image, square, frame, face_index, allow_whole_image, name=name)
         crop = crop_face(square, region)
         encoder = self.models()[0]
         with torch.no_grad():
             codes = encoder.encode(crop.image[None].to(self.device))
         codes = {k: v.detach() for k, v in codes.items()}
         codes["tform"] = inverse_tform(crop.tform).to(self.device)
-        result = PhotoCodes(codes, frame, method)
-        self.cache[key] = result
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return result
+        return self.cache.put(key, PhotoCodes(codes, frame, method, face_box))
 
-    def render(self, identity_photo: Image.Image, pose_photo: Image.Image | None = None,
-               modes=DEFAULT_MODES, width: int = 512, height: int = 512, resize_mode: str = "Crop and Resize",
-               manual: ManualHead | None = None, identity_landmarks=None, pose_landmarks=None) -> HeadHint:
+    def render(self, identity_photo, pose_photo=None, modes=DEFAULT_MODES, width: int = 512, height: int = 512,
+               resize_mode: str = "Crop and Resize", manual: ManualHead | None = None, identity_landmarks=None,
+               pose_landmarks=None, face_index: int = 0, allow_whole_image: bool = False) -> HeadHint:
         """The hint for one identity: posed like `pose_photo` (per `modes`) placed on the W×H canvas by
-        `resize_mode`, or by `manual` when there is no pose photo. Repeated calls come from a cache."""
-        key = (_photo_key(identity_photo, identity_landmarks),
-               None if pose_photo is None else _photo_key(pose_photo, pose_landmarks), str(modes), width, height,
-               resize_mode, repr(manual))
-        if key in self.hints:
-            self.hints.move_to_end(key)
-            return self.hints[key]
-        result = self._render(identity_photo, pose_photo, modes, width, height, resize_mode, manual,
-                              identity_landmarks, pose_landmarks)
-        self.hints[key] = result
-        while len(self.hints) > self.cache_size:
-            self.hints.popitem(last=False)
-        return result
+        `resize_mode`, or by `manual` when there is no pose photo. Repeated calls come from a cache.
+
+        face_index: which face of the identity photo (0 = largest), as for the identity stage; the pose photo's
+        largest face poses it. allow_whole_image: a photo without a face is fitted whole (DECA's fallback).
+        """
+        identity_image, identity_landmarks = upright(identity_photo, identity_landmarks)
+        pose_image, pose_landmarks = (None, None) if pose_photo is None else upright(pose_photo, pose_landmarks)
+        key = (_photo_key(identity_image, identity_landmarks, face_index, allow_whole_image),
+               None if pose_image is None else _photo_key(pose_image, pose_landmarks, 0, allow_whole_image),
+               str(modes), width, height, resize_mode, repr(manual))
+        cached = self.hints.get(key)
+        if cached is not None:
+            return cached
+        result = self._render(identity_image, pose_image, modes, width, height, resize_mode, manual,
+                              identity_landmarks, pose_landmarks, face_index, allow_whole_image)
+        return self.hints.put(key, result)
 
     def _render(self, identity_photo, pose_photo, modes, width, height, resize_mode, manual, identity_landmarks,
-                pose_landmarks) -> HeadHint:
+                pose_landmarks, face_index, allow_whole_image) -> HeadHint:
         _, flame, texture, renderer = self.models()
-        identity = self.photo_codes(identity_photo, identity_landmarks)
+        identity = self.photo_codes(identity_photo, identity_landmarks, face_index, allow_whole_image)
         with torch.no_grad():
             if pose_photo is not None:
-                pose = self.photo_codes(pose_photo, pose_landmarks)
+                pose = self.photo_codes(pose_photo, pose_landmarks, 0, allow_whole_image, name="pose photo")
                 code = mix_codes(identity.codes, pose.codes, modes)
                 frame = pose.frame if "position" in modes or modes == "all" else identity.frame
                 if manual is not None:
@@ -169,7 +194,8 @@ class HeadPipeline:
                 projected, landmarks = self._place(code, decoded, manual, width, height)
             maps = renderer(decoded.vertices, projected, texture(code["tex"]), code["light"], height, width)
         pixels = ((landmarks[0, :, :2].cpu().numpy() + 1) / 2) * np.array([width, height])
-        return HeadHint(maps, pixels, width, height, {"identity_face": identity.method, "modes": str(modes)})
+        info = {"identity_face": identity.method, "identity_face_box": identity.face_box, "modes": str(modes)}
+        return HeadHint(maps, pixels, width, height, info)
 
     def _place(self, code, decoded, manual: ManualHead, width: int, height: int):
         """Manual placement: the head's landmark box centred at (center_x, center_y), `scale` of the height."""
@@ -197,8 +223,10 @@ class HeadPipeline:
             return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
 
         maps = result.maps
-        base = place_photo(pose_photo, result.width, result.height, resize_mode) if pose_photo is not None \
-            else Image.new("RGB", (result.width, result.height))
+        if pose_photo is not None:
+            base = place_photo(load_image(pose_photo), result.width, result.height, resize_mode)
+        else:
+            base = Image.new("RGB", (result.width, result.height))
         draw = ImageDraw.Draw(base)
         radius = max(1, round(min(result.width, result.height) / 200))
         for x, y in result.landmarks:

@@ -51,6 +51,7 @@ class HeadRenderer(nn.Module):
     def __init__(self, template: HeadTemplate) -> None:
         super().__init__()
         self.register_buffer("faces", template.faces)
+        self.vertices_needed = int(template.faces.max()) + 1 if template.faces.numel() else 0
         uv = torch.cat([template.uv_coords, torch.ones_like(template.uv_coords[:, :1])], -1) * 2 - 1
         uv[:, 1] = -uv[:, 1]
         self.register_buffer("face_uv", uv[template.uv_faces])  # (F, 3, 3)
@@ -66,6 +67,9 @@ class HeadRenderer(nn.Module):
         """vertices: (B, V, 3) FLAME space (for normals); projected: (B, V, 3) image-normalised x, y (y down);
         albedo_uv: (B, 3, S, S); light: (B, 9, 3)."""
         batch = vertices.shape[0]
+        if vertices.shape[1] < self.vertices_needed:
+            raise ValueError(f"head_template.obj indexes {self.vertices_needed} vertices; the FLAME mesh has "
+                             f"{vertices.shape[1]}: the template does not belong to this FLAME model")
         normals = vertex_normals(vertices, self.faces)
         attributes = torch.cat([self.face_uv[None].expand(batch, -1, -1, -1), face_vertices(normals, self.faces)], -1)
         fragments = self.rasterize(projected, height, width)

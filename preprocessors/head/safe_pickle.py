@@ -1,130 +1,286 @@
-"""Read FLAME's pickles without executing them.
+"""Read FLAME's pickles without executing them and without letting them size an allocation.
 
 `generic_model.pkl` holds chumpy arrays (and scipy sparse matrices); `landmark_embedding.npy` is a pickled dict of
-numpy arrays and torch tensors. The unpickler below rebuilds numpy arrays, scipy sparse matrices and torch tensors,
-turns chumpy objects into plain numpy arrays, and refuses every other class. chumpy is never imported.
+numpy arrays and torch tensors. The unpickler below calls neither numpy's nor scipy's own reconstructors (numpy's
+`ndarray.__setstate__` trusts the pickle's shape: a wrong object-array length crashes the process): arrays, dtypes,
+scalars and sparse matrices are rebuilt here from their pickled data, whose size must match the declared shape, so
+nothing is larger than the file. Chumpy objects become plain numpy arrays, torch tensors go through
+`caphuman_ext.safe_load`, every other global is refused. chumpy is never imported.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from caphuman_ext.restricted_pickle import (
+    ForbiddenPickleError,
+    Placeholder,
+    RestrictedUnpickler,
+    base_globals,
+    rebuild_parameter,
+    rebuild_tensor_v2,
+)
 
-class ForbiddenPickleError(pickle.UnpicklingError):
-    """The pickle asks for a class that has no business in a model file."""
+MAX_ARRAY_ELEMENTS = 1 << 26  # one array: FLAME's largest (shapedirs) has 5023 x 3 x 400 = 6e6
+MAX_OBJECT_NPY_BYTES = 64 << 20  # landmark_embedding.npy is ~ 100 KB
+
+__all__ = ["ChumpyArray", "ForbiddenPickleError", "load_object_npy", "load_pickle"]
+
+_DTYPE_NAME = re.compile(r"^[<>|=]?(b1|[iu][1248]|f[248]|f16|c8|c16|c32|O[48]?|[SUV]\d{1,6})$")
 
 
-class ChumpyArray:
-    """Stands in for a chumpy `Ch` object: keeps its pickled state, becomes numpy through `to_numpy`."""
+class PickledDType(Placeholder):
+    """`numpy.dtype(name, align, copy)` + its BUILD state, limited to plain numeric/string/object dtypes."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.state: Any = None
+    def __init__(self, name: Any = "f8", *args: Any) -> None:
+        if isinstance(name, bytes):
+            name = name.decode("latin1")
+        if not isinstance(name, str) or not _DTYPE_NAME.match(name):
+            raise ForbiddenPickleError(f"refusing numpy dtype {str(name)[:40]!r}")
+        self.name, self.order = name, "="
 
     def __setstate__(self, state: Any) -> None:
-        self.state = state
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+
+    def resolve(self) -> np.dtype:
+        dtype = np.dtype(self.name)
+        return dtype.newbyteorder(self.order) if self.order in "<>" else dtype
+
+
+class _NdarrayType:
+    """`numpy.ndarray` as a pickle names it: only an argument of `_reconstruct`, never called."""
+
+
+def _dtype_of(value: Any) -> np.dtype:
+    if not isinstance(value, PickledDType):
+        raise ForbiddenPickleError(f"expected a numpy dtype, found {type(value).__name__}")
+    return value.resolve()
+
+
+def _as_bytes(data: Any) -> bytes:
+    if isinstance(data, str):  # Python 2 pickles read with latin1
+        return data.encode("latin1")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise ForbiddenPickleError(f"expected raw array data, found {type(data).__name__}")
+
+
+def _checked_shape(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or len(shape) > 32 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ForbiddenPickleError(f"refusing array shape {str(shape)[:80]}")
+    if math.prod(shape) > MAX_ARRAY_ELEMENTS:
+        raise ForbiddenPickleError(f"refusing an array of shape {tuple(shape)} (more than {MAX_ARRAY_ELEMENTS} "
+                                   "elements)")
+    return tuple(shape)
+
+
+def _array_from_data(shape: Any, dtype: np.dtype, data: Any, fortran: bool = False) -> np.ndarray:
+    """An array whose data is exactly `shape` x dtype (object arrays: a list of that many items)."""
+    shape = _checked_shape(shape)
+    count = math.prod(shape)
+    order = "F" if fortran else "C"
+    if dtype.hasobject:
+        if not isinstance(data, list) or len(data) != count:
+            raise ForbiddenPickleError(f"object array of shape {shape} with {type(data).__name__} data")
+        array = np.empty(count, dtype=object)
+        for index, item in enumerate(data):
+            array[index] = item
+        return array.reshape(shape, order=order)
+    raw = _as_bytes(data)
+    if len(raw) != count * dtype.itemsize:
+        raise ForbiddenPickleError(f"array of shape {shape} {dtype} needs {count * dtype.itemsize} bytes, "
+                                   f"the pickle has {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape, order=order).copy()
+
+
+class PickledArray(Placeholder):
+    """`numpy.core.multiarray._reconstruct(ndarray, ...)` + BUILD state, rebuilt by `_array_from_data`."""
+
+    value: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise ForbiddenPickleError("malformed numpy array state")
+        shape, dtype, fortran, data = state[-4:]
+        self.value = _array_from_data(shape, _dtype_of(dtype), data, bool(fortran))
+
+    def to_numpy(self) -> np.ndarray:
+        if self.value is None:
+            raise ForbiddenPickleError("numpy array without data")
+        return self.value
+
+
+def _reconstruct(subtype: Any, shape: Any = (0,), code: Any = b"b") -> PickledArray:
+    if subtype is not _NdarrayType:
+        raise ForbiddenPickleError(f"refusing numpy _reconstruct of {getattr(subtype, '__name__', subtype)}")
+    return PickledArray()
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: str = "C") -> np.ndarray:
+    return _array_from_data(shape, _dtype_of(dtype), buffer, order == "F")
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    dtype = _dtype_of(dtype)
+    if dtype.hasobject:
+        return data
+    raw = _as_bytes(data)
+    if len(raw) != dtype.itemsize:
+        raise ForbiddenPickleError(f"numpy {dtype} scalar with {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype)[0]
+
+
+class ChumpyArray(Placeholder):
+    """Stands in for a chumpy `Ch` object: keeps its pickled state, becomes numpy through `to_numpy`."""
+
+    state: Any = None
 
     def to_numpy(self) -> np.ndarray:
         state = self.state
         if isinstance(state, dict):
             for key in ("x", "r", "_x"):
                 if key in state:
-                    value = state[key]
-                    return value.to_numpy() if isinstance(value, ChumpyArray) else np.asarray(value)
+                    value = _plain(state[key])
+                    return value if isinstance(value, np.ndarray) else np.asarray(value)
         raise ForbiddenPickleError(f"unsupported chumpy object (state keys: {list(state) if state else state})")
 
 
-def _load_tensor_from_bytes(data: bytes):
-    import torch
+class SparseMatrix(Placeholder):
+    """A pickled scipy sparse matrix (csc/csr/coo): its state, densified only within `max_elements`."""
 
-    return torch.serialization.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state: Any = None
+    format = "csc"
+
+    def shape(self) -> tuple[int, ...]:
+        state = self.state if isinstance(self.state, dict) else {}
+        shape = state.get("_shape", state.get("shape"))
+        if not isinstance(shape, tuple) or len(shape) != 2 or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ForbiddenPickleError(f"sparse matrix with shape {str(shape)[:60]}")
+        return shape
+
+    def toarray(self, max_elements: int = MAX_ARRAY_ELEMENTS) -> np.ndarray:
+        """The dense matrix, after checking its shape and its indices (scipy's full format check)."""
+        import scipy.sparse
+
+        shape = self.shape()
+        if math.prod(shape) > max_elements:
+            raise ForbiddenPickleError(f"sparse matrix of shape {shape}: more than {max_elements} elements dense")
+        state = {k: _plain(v) for k, v in self.state.items()}
+        try:
+            if self.format == "coo":
+                matrix = scipy.sparse.coo_matrix((state["data"], (state["row"], state["col"])), shape=shape)
+            else:
+                build = scipy.sparse.csc_matrix if self.format == "csc" else scipy.sparse.csr_matrix
+                matrix = build((state["data"], state["indices"], state["indptr"]), shape=shape)
+                matrix.check_format(full_check=True)
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            raise ForbiddenPickleError(f"malformed sparse matrix: {error}") from error
+        return matrix.toarray()
 
 
-_NUMPY = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-          ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-          ("numpy._core.multiarray", "scalar")}
-_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes",
-             "bytearray", "slice", "object"}
-_SPARSE = {"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"}
+_SPARSE = {f"{kind}_{container}": type(f"{kind}_{container}", (SparseMatrix,), {"format": kind})
+           for kind in ("csc", "csr", "coo") for container in ("matrix", "array")}
 
 
-class _FlameUnpickler(pickle.Unpickler):
+def _load_tensor_from_bytes(data: bytes) -> Any:
+    """`torch.storage._load_from_bytes`: a torch file inside the pickle, read by the same restricted reader."""
+    from caphuman_ext.safe_load import WeightFileError, load_pickled_bytes
+
+    try:
+        return load_pickled_bytes(_as_bytes(data), "embedded tensor")
+    except WeightFileError as error:
+        raise ForbiddenPickleError(str(error)) from error
+
+
+def _flame_globals() -> dict[tuple[str, str], Any]:
+    allowed = base_globals()
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = _reconstruct
+        allowed[(module, "scalar")] = _scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = _frombuffer
+    allowed[("numpy", "ndarray")] = _NdarrayType
+    allowed[("numpy", "dtype")] = PickledDType
+    allowed[("torch._utils", "_rebuild_tensor_v2")] = rebuild_tensor_v2
+    allowed[("torch._utils", "_rebuild_parameter")] = rebuild_parameter
+    allowed[("torch.storage", "_load_from_bytes")] = _load_tensor_from_bytes
+    return allowed
+
+
+class _FlameUnpickler(RestrictedUnpickler):
+    allowed = _flame_globals()
+
     def find_class(self, module: str, name: str) -> Any:
-        import _compat_pickle
-
-        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names (the real FLAME pickle is Python 2)
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in _NUMPY:
-            return getattr(__import__(module, fromlist=[name]), name)
-        if module.startswith("numpy") and name.endswith("Dtype"):  # numpy 2 dtype classes (numpy.dtypes.Float64DType)
-            return getattr(__import__(module, fromlist=[name]), name)
-        if module == "_codecs" and name == "encode":  # how protocol-2 pickles spell bytes
-            import codecs
-
-            return codecs.encode
-        if module == "builtins" and name in _BUILTINS:
-            return getattr(__import__("builtins"), name)
-        if module in ("copy_reg", "copyreg") and name == "_reconstructor":
-            import copyreg
-
-            return copyreg._reconstructor
         if module.startswith("scipy.sparse") and name in _SPARSE:
-            import scipy.sparse
-
-            return getattr(scipy.sparse, name)
+            return _SPARSE[name]
         if module.startswith("chumpy"):
             return ChumpyArray
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
-            import torch._utils
-
-            return getattr(torch._utils, name)
-        if module == "torch.storage" and name == "_load_from_bytes":
-            return _load_tensor_from_bytes  # weights-only torch.load of the embedded bytes
-        if module == "collections" and name == "OrderedDict":
-            from collections import OrderedDict
-
-            return OrderedDict
-        if module == "torch" and name.endswith("Storage"):
-            import torch
-
-            return getattr(torch, name)
-        raise ForbiddenPickleError(f"refusing to load {module}.{name} from a model file")
+        return super().find_class(module, name)
 
 
-def _plain(value: Any) -> Any:
-    """Chumpy placeholders -> numpy, recursively through containers."""
-    if isinstance(value, ChumpyArray):
-        return value.to_numpy()
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Placeholders -> numpy, recursively through containers (sparse matrices stay sparse until checked)."""
+    if depth > 64:
+        raise ForbiddenPickleError("containers nested more than 64 deep")
+    if isinstance(value, (PickledArray, ChumpyArray)):
+        value = value.to_numpy()
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        out = np.empty(value.size, dtype=object)
+        for index, item in enumerate(value.reshape(-1)):
+            out[index] = _plain(item, depth + 1)
+        return out.reshape(value.shape)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
+        return type(value)(_plain(v, depth + 1) for v in value)
+    if isinstance(value, Placeholder) and not isinstance(value, SparseMatrix):
+        raise ForbiddenPickleError(f"unexpected {type(value).__name__} object")
     return value
+
+
+def _unpickle(handle: Any, name: str) -> Any:
+    try:
+        return _plain(_FlameUnpickler(handle, encoding="latin1").load())
+    except ForbiddenPickleError as error:
+        raise ForbiddenPickleError(f"{name}: {error} — not loaded (download the file again from its source)") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, RecursionError, MemoryError,
+            OverflowError, __import__("pickle").UnpicklingError) as error:
+        raise ForbiddenPickleError(f"{name}: not a readable model pickle ({type(error).__name__}: {error})") from None
 
 
 def load_pickle(path: str | Path) -> Any:
     """Unpickle a FLAME `.pkl` with the restricted unpickler (latin1 for Python 2 pickles)."""
     with open(path, "rb") as handle:
-        return _plain(_FlameUnpickler(handle, encoding="latin1").load())
+        return _unpickle(handle, Path(path).name)
 
 
 def load_object_npy(path: str | Path) -> Any:
     """`np.load(path, allow_pickle=True)[()]` for an object .npy, without running arbitrary pickles."""
     from numpy.lib import format as npy_format
 
+    path = Path(path)
+    if path.stat().st_size > MAX_OBJECT_NPY_BYTES:
+        raise ForbiddenPickleError(f"{path.name}: {path.stat().st_size} bytes, more than a landmark embedding holds")
     with open(path, "rb") as handle:
-        version = npy_format.read_magic(handle)
-        if version == (1, 0):
-            shape, _, dtype = npy_format.read_array_header_1_0(handle)
-        else:
-            shape, _, dtype = npy_format.read_array_header_2_0(handle)
+        try:
+            version = npy_format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = npy_format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = npy_format.read_array_header_2_0(handle)
+        except ValueError as error:
+            raise ForbiddenPickleError(f"{path.name}: not a .npy file ({error})") from None
         if dtype.hasobject:
-            value = _FlameUnpickler(handle, encoding="latin1").load()
-            value = value[()] if isinstance(value, np.ndarray) and value.shape == () else value
-            return _plain(value)
+            value = _unpickle(handle, path.name)
+            return value[()] if isinstance(value, np.ndarray) and value.shape == () else value
+    _checked_shape(shape)
     return np.load(path, allow_pickle=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,18 +10,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cache import MB, ByteLRU
 from ..photo_key import photo_key
 from . import weights
+from .clip_files import ClipSearch, locate_clip_vision, read_clip_vision
 from .clip_vision import build_clip_vision, clip_pixel_values, clip_tokens
-from .face_parsing import load_parsing_model, paint_face_only, parse_face
+from .face_parsing import face_window, keep_one_face, load_parsing_model, paint_face_only, parse_face
 from .facenet import (
     FaceDetection,
-    detect_faces,
+    choose_face,
     face_crop,
     face_embedding,
     load_face_detector,
     load_facenet,
-    pick_face,
     whole_image_crop,
 )
 from .image_io import load_image
@@ -34,9 +34,11 @@ EXTENSION_MODELS = Path(__file__).resolve().parents[2] / "models"
 class IdentityModelPaths:
     """Where the identity models come from.
 
-    clip_vision: a state dict keyed `vision_model.*`, or a file read with `caphuman_ext.read_clip_vision_state_dict`
-    (caphuman.ckpt or the converter's output). face_parsing / facenet: explicit files, else searched in `folders`
-    and downloaded into the first one on first use when `allow_download`.
+    clip_vision: a state dict keyed `vision_model.*`, or the CapHuman file (caphuman.ckpt or the converter's output);
+    when that file holds no CLIP tower, it is looked for as `clip_files` documents: `folders`, sd-webui-controlnet's
+    `annotator_dirs` (see `clip_files.controlnet_annotator_dirs`), the Hugging Face cache, then a download.
+    face_parsing / facenet: explicit files, else searched in `folders` and downloaded into the first one on first
+    use when `allow_download`.
     """
 
     clip_vision: Mapping[str, torch.Tensor] | str | Path | None = None
@@ -44,6 +46,8 @@ class IdentityModelPaths:
     facenet: str | Path | None = None
     folders: list[Path] = field(default_factory=lambda: [EXTENSION_MODELS])
     allow_download: bool = True
+    annotator_dirs: list[Path] = field(default_factory=list)
+    hub_caches: list[Path] | None = None  # None: the Hugging Face caches the environment names
 
 
 @dataclass
@@ -52,8 +56,8 @@ class Identity:
 
     clip_tokens: torch.Tensor  # (1, 257, 1024) CLIP ViT-L/14 last_hidden_state of the face-only image
     face_embedding: torch.Tensor  # (1, 1, 512) L2-normalised FaceNet embedding
-    face_only: Image.Image  # the photo with background/hair/ears/neck/clothes painted white
-    parsing: np.ndarray  # (H, W) BiSeNet labels
+    face_only: Image.Image  # CLIP's input: the photo with all but the face painted white (see `_encode_one`)
+    parsing: np.ndarray  # (H, W) BiSeNet labels of the photo (other people's faces set to 0)
     face_box: tuple[float, float, float, float] | None  # the face used, None for the whole-image fallback
     faces: list[FaceDetection]  # every face found in that photo, largest first
     photos: int = 1  # how many photos were combined
@@ -72,16 +76,19 @@ def sharpness(image: Image.Image, box: tuple[float, float, float, float] | None)
 
 
 class IdentityEncoder:
-    """Photos -> `Identity`. Models load on first use; `offload=True` moves them to the CPU after each call."""
+    """Photos -> `Identity`. Models load on first use; `offload=True` moves them to the CPU after each call.
+
+    Results are cached by photo content, at most `cache_size` photos and `cache_bytes` bytes of tensors and images.
+    """
 
     def __init__(self, paths: IdentityModelPaths | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, offload: bool = False, cache_size: int = 16) -> None:
+                 dtype: torch.dtype = torch.float32, offload: bool = False, cache_size: int = 16,
+                 cache_bytes: int = 256 * MB) -> None:
         self.paths = paths or IdentityModelPaths()
         self.device = torch.device(device)
         self.dtype = dtype
         self.offload_after_use = offload
-        self.cache: OrderedDict[str, Identity] = OrderedDict()
-        self.cache_size = cache_size
+        self.cache: ByteLRU[Identity] = ByteLRU(cache_bytes, cache_size)
         self._parser = self._detector = self._facenet = self._clip = None
 
     # models ------------------------------------------------------------------------------------------------
@@ -95,19 +102,12 @@ class IdentityEncoder:
 
     def _clip_state(self) -> Mapping[str, torch.Tensor]:
         source = self.paths.clip_vision
-        if source is None:
-            raise weights.ModelFileMissingError(
-                "no CLIP ViT-L/14 vision weights: CapHuman keeps them inside caphuman.ckpt "
-                "(control_cond_stage_model.transformer.*); select that file or its converted .safetensors")
         if isinstance(source, Mapping):
             return source
-        from caphuman_ext import read_clip_vision_state_dict
-
-        state = read_clip_vision_state_dict(source)
-        if state is None:
-            raise weights.ModelFileMissingError(f"{source} holds no CLIP vision tower (control_cond_stage_model."
-                                                "transformer.* or clip_vision.*)")
-        return state
+        search = ClipSearch(Path(source) if source is not None else None, [Path(f) for f in self.paths.folders],
+                            [Path(f) for f in self.paths.annotator_dirs], self.paths.hub_caches,
+                            self.paths.allow_download)
+        return read_clip_vision(locate_clip_vision(search))
 
     def _models(self):
         if self._parser is None:
@@ -146,18 +146,25 @@ class IdentityEncoder:
 
     # encoding ----------------------------------------------------------------------------------------------
     def _encode_one(self, image: Image.Image, face_index: int, allow_whole_image: bool) -> Identity:
+        """One photo. With one face (or none) exactly the reference: the whole photo parsed and painted, CLIP's
+        centre crop of it, FaceNet on the face (or the whole photo). With several faces, the face chosen by
+        `face_index` (the one the head stage fits too) everywhere: parsing labels kept only in its region
+        (`keep_one_face`), and CLIP sees the min(W, H) square centred on it (`face_window`)."""
         parser, detector, facenet, clip = self._models()
+        choice = choose_face(image, face_index, allow_whole_image, detector)
         labels = parse_face(parser, image)
-        face_only = paint_face_only(image, labels)
+        if len(choice.faces) > 1:
+            labels = keep_one_face(labels, [f.box for f in choice.faces], choice.face.box)
+            face_only = paint_face_only(image, labels).crop(face_window(image.size, choice.face.box))
+        else:
+            face_only = paint_face_only(image, labels)
         tokens = clip_tokens(clip, clip_pixel_values(face_only)).float().cpu()
-        faces = detect_faces(detector, image)
-        if faces or not allow_whole_image:
-            face = pick_face(faces, face_index)
-            crop, box = face_crop(image, face), face.box
+        if choice.face is not None:
+            crop, box = face_crop(image, choice.face), choice.face.box
         else:
             crop, box = whole_image_crop(image), None
         embedding = face_embedding(facenet, crop).float().cpu()
-        return Identity(tokens, embedding, face_only, labels, box, faces)
+        return Identity(tokens, embedding, face_only, labels, box, list(choice.faces))
 
     def encode(self, photos, face_index: int = 0, allow_whole_image: bool = False) -> Identity:
         """Identity of one photo, or of several photos of the same person (FaceNet embeddings averaged and
@@ -172,14 +179,9 @@ class IdentityEncoder:
         try:
             for image in images:
                 key = photo_key(image, face_index, allow_whole_image, self._fingerprint())
-                if key in self.cache:
-                    self.cache.move_to_end(key)
-                    results.append(self.cache[key])
-                    continue
-                identity = self._encode_one(image, face_index, allow_whole_image)
-                self.cache[key] = identity
-                while len(self.cache) > self.cache_size:
-                    self.cache.popitem(last=False)
+                identity = self.cache.get(key)
+                if identity is None:
+                    identity = self.cache.put(key, self._encode_one(image, face_index, allow_whole_image))
                 results.append(identity)
         finally:
             if self.offload_after_use:

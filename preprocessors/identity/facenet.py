@@ -1,5 +1,5 @@
 """FaceNet identity embedding: facenet-pytorch MTCNN crop (160 px, margin 0, standardised) + InceptionResnetV1
-(vggface2), as CapHuman's `get_id_feat`."""
+(vggface2), as CapHuman's `get_id_feat`; and the one face choice every stage shares (`choose_face`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cache import ByteLRU
+from ..photo_key import photo_key
 from .errors import NoFaceError
 
 CROP_SIZE = 160
@@ -41,7 +43,9 @@ def load_facenet(path: str | Path, device: torch.device | str = "cpu") -> torch.
     from facenet_pytorch import InceptionResnetV1
 
     model = InceptionResnetV1(pretrained=None, classify=False)
-    state = torch.serialization.load(path, map_location="cpu", weights_only=True)
+    from caphuman_ext.safe_load import load_pickled_weights
+
+    state = load_pickled_weights(path)  # no pickled code runs; sizes bounded by the file
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")}, strict=True)
     return model.to(device).eval().requires_grad_(False)
 
@@ -71,14 +75,60 @@ def whole_image_crop(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def pick_face(faces: list[FaceDetection], index: int = 0) -> FaceDetection:
-    """Face `index` in order of size (0 = largest), or NoFaceError."""
+def pick_face(faces: list[FaceDetection], index: int = 0, photo: str = "reference photo") -> FaceDetection:
+    """Face `index` in order of size (0 = largest), or NoFaceError naming `photo`."""
     if not faces:
-        raise NoFaceError("no face was found in the reference photo: use a photo where the face is clearly "
+        raise NoFaceError(f"no face was found in the {photo}: use a photo where the face is clearly "
                           "visible (frontal, not too small), or allow the whole-image fallback")
     if not 0 <= index < len(faces):
-        raise NoFaceError(f"face {index + 1} was asked for but the photo has {len(faces)} face(s)")
+        raise NoFaceError(f"face {index + 1} was asked for but the {photo} has {len(faces)} face(s)")
     return faces[index]
+
+
+@dataclass(frozen=True)
+class FaceChoice:
+    """The face of a photo that every stage (FaceNet, face parsing, DECA) uses.
+
+    face: the chosen face, None when the photo has none and the whole photo stands in for it.
+    faces: every face of the photo, largest first.
+    """
+
+    face: FaceDetection | None
+    faces: tuple[FaceDetection, ...]
+
+
+_FACES: ByteLRU[tuple[FaceDetection, ...]] = ByteLRU(max_bytes=1 << 20, max_entries=256)
+_DETECTOR = None
+
+
+def find_faces(image: Image.Image, detector=None) -> tuple[FaceDetection, ...]:
+    """Every face of an RGB photo, largest first, detected once per photo content and shared by the stages.
+
+    detector: an MTCNN from `load_face_detector` (any device: the same weights ship in the wheel), else one on the
+    CPU. Results are cached by the photo's pixels only, so pass photos as `load_image` returns them.
+    """
+    global _DETECTOR
+    key = photo_key(image)
+    faces = _FACES.get(key)
+    if faces is None:
+        if detector is None:
+            _DETECTOR = _DETECTOR or load_face_detector("cpu")
+            detector = _DETECTOR
+        faces = _FACES.put(key, tuple(detect_faces(detector, image)))
+    return faces
+
+
+def choose_face(image: Image.Image, index: int = 0, allow_whole_image: bool = False, detector=None,
+                photo: str = "reference photo") -> FaceChoice:
+    """Face `index` of the photo in order of size (0 = largest), as `FaceChoice`.
+
+    No face at all: `FaceChoice(None, ())` when `allow_whole_image`, else NoFaceError; an index beyond the faces
+    found is always a NoFaceError.
+    """
+    faces = find_faces(image, detector)
+    if not faces and allow_whole_image:
+        return FaceChoice(None, faces)
+    return FaceChoice(pick_face(list(faces), index, photo), faces)
 
 
 def face_embedding(model: torch.nn.Module, crop: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Host adapters: translate one webui's generation lifecycle into `caphuman_ext.lifecycle.Generation` calls."""

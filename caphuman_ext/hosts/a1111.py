@@ -1,0 +1,183 @@
+"""AUTOMATIC1111 v1.10 adapter: one `Generation` per processing object `p`, attached to the UNet being sampled.
+
+Call order (modules/processing.py): `process` → per batch [`p.sample` → (`process_before_every_sampling` →
+sampler, with `on_cfg_denoiser` each step) → hires: (`before_hr`, `process_before_every_sampling` → sampler)] →
+`post_sample` → `postprocess_image` → … → `postprocess`. The webui swallows exceptions from every script callback,
+so an error is stored on the Generation and raised from `p.sample` (wrapped here) or from the UNet's next call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..lifecycle.generation import CapHumanError, Generation, PreparedUnit
+from ..lifecycle.geometry import Frame, crop_frame, full_frame, hires_frame
+from ..lifecycle.rows import RowPlan, cfg_rows
+from ..unit.infotext import infotext_key, to_infotext
+from ..unit.params import UnitParams, UnitValidationError, units_from_args
+
+log = logging.getLogger(__name__)
+ATTRIBUTE = "caphuman_generation"
+LATENT_SCALE = 8
+
+
+def _message(error: Exception) -> str:
+    message = str(error) or type(error).__name__
+    return message if message.startswith("CapHuman") else f"CapHuman: {message}"
+
+
+def generation_of(p) -> Generation | None:
+    return getattr(p, ATTRIBUTE, None)
+
+
+def sampled_unet(p):
+    """The UNet the webui samples now (`p.sd_model` follows `shared.sd_model`: refiner, hires checkpoint)."""
+    from modules import shared
+
+    model = shared.sd_model if shared.sd_model is not None else p.sd_model
+    return model.model.diffusion_model
+
+
+def enabled_units(args: Sequence, overrides: dict) -> list[tuple[int, UnitParams]]:
+    """(position, unit) of every enabled unit, with X/Y/Z overrides applied."""
+    units = []
+    for position, unit in enumerate(units_from_args(args)):
+        if not unit.enabled:
+            continue
+        for name, value in overrides.items():
+            setattr(unit, name, value)
+        units.append((position, unit))
+    return units
+
+
+def low_vram() -> bool:
+    from modules import shared
+
+    options = getattr(shared, "cmd_opts", None)
+    return bool(getattr(options, "lowvram", False) or getattr(options, "medvram", False))
+
+
+def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit], render: Callable,
+          offload: bool, describe: Callable[[UnitParams], str] = to_infotext) -> Generation | None:
+    """`process`: validate and prepare the enabled units; any error is kept for `p.sample` to raise.
+    `describe(unit)` is a unit's infotext, written once the unit has acted."""
+    end(p)
+    try:
+        units = enabled_units(args, getattr(p, "caphuman_overrides", {}))
+    except UnitValidationError as error:
+        generation = Generation.failed(_message(error))
+    else:
+        if not units:
+            return None
+        try:
+            prepared = [prepare(unit, position) for position, unit in units]
+            from ..hook import check_compatible
+
+            check_compatible(sampled_unet(p), [unit.capface for unit in prepared])
+        except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
+            generation = Generation.failed(_message(error))
+        else:
+            generation = Generation(prepared, render, offload=offload)
+    setattr(p, ATTRIBUTE, generation)
+    _wrap_sample(p, generation, describe)
+    return generation
+
+
+def _wrap_sample(p, generation: Generation, describe: Callable[[UnitParams], str]) -> None:
+    """Raise a stored error before sampling starts; take the hook off when `p.sample` ends, however it ends;
+    write each unit's infotext only once it has acted."""
+    original = p.sample
+
+    def sample(*args, **kwargs):
+        generation.raise_if_failed()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            generation.detach()
+            for unit, acted in zip(generation.units, generation.acted(), strict=True):
+                key = infotext_key(unit.position)
+                if acted and key not in p.extra_generation_params:
+                    p.extra_generation_params[key] = describe(unit.params)
+
+    p.sample = sample
+
+
+def pass_frame(p, latent_hw: tuple[int, int]) -> Frame:
+    """Where this sampling pass's latent sits in the picture the head is placed in."""
+    if getattr(p, "is_hr_pass", False) and getattr(p, "hr_upscale_to_x", 0):
+        first = (p.height // LATENT_SCALE, p.width // LATENT_SCALE)
+        upscaled = (p.hr_upscale_to_y // LATENT_SCALE, p.hr_upscale_to_x // LATENT_SCALE)
+        return hires_frame(first, upscaled, latent_hw, (getattr(p, "truncate_x", 0), getattr(p, "truncate_y", 0)))
+    paste_to = getattr(p, "paste_to", None)
+    if paste_to and getattr(p, "inpaint_full_res", False):
+        whole = getattr(p, "mask_for_overlay", None) or (p.init_images[0] if getattr(p, "init_images", None) else None)
+        if whole is not None:
+            return crop_frame(whole.size, paste_to)
+    return full_frame(latent_hw)
+
+
+def before_sampling(p, latent: torch.Tensor) -> None:
+    """`process_before_every_sampling`: hints for this latent, the hook on the UNet sampled now."""
+    generation = generation_of(p)
+    if generation is None or generation.error is not None:
+        return
+    unet = sampled_unet(p)
+    try:
+        latent_hw = tuple(latent.shape[-2:])
+        generation.attach(unet, pass_frame(p, latent_hw), latent_hw)
+    except Exception as error:  # noqa: BLE001 - raised from the UNet's first call instead (the webui swallows it)
+        generation.fail(_message(error), unet)
+
+
+def step_rows(params) -> RowPlan | None:
+    """The CFG row layout of this step, from the conditioning the sampler holds (`MulticondLearnedConditioning`:
+    one list of sub-prompts per image); None when the batch is not laid out that way."""
+    denoiser = params.denoiser
+    extra = getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}
+    batch = getattr(extra.get("cond"), "batch", None)
+    if not batch:
+        return None
+    repeats = [len(prompts) for prompts in batch]
+    rows, images = params.x.shape[0], len(repeats)
+    for extra_sets in (0, 1):  # instruct-pix2pix adds a second set of uncond rows
+        if rows == sum(repeats) + images * (1 + extra_sets):
+            return RowPlan(cfg_rows(repeats, images, extra_sets), getattr(denoiser, "step", 0))
+    return None
+
+
+def step_progress(params) -> float:
+    """Fraction of this pass's model evaluations done (what the webui's own skip-early-CFG uses)."""
+    denoiser = params.denoiser
+    step, total = getattr(denoiser, "step", None), getattr(denoiser, "total_steps", None)
+    if isinstance(step, int) and isinstance(total, int) and total > 0:
+        return step / total
+    total = params.total_sampling_steps
+    return params.sampling_step / total if total else 0.0
+
+
+def on_cfg_denoiser(params) -> None:
+    """Every step: follow a model swap (refiner), set unit windows and the row plan."""
+    p = getattr(params.denoiser, "p", None)
+    generation = generation_of(p)
+    if generation is None or generation.error is not None or generation.hook is None:
+        return
+    unet = sampled_unet(p)
+    try:
+        generation.follow(unet)
+        generation.step(step_progress(params), step_rows(params))
+    except Exception as error:  # noqa: BLE001 - raised from the UNet's next call instead (the webui swallows it)
+        generation.fail(_message(error), unet)
+
+
+def end(p) -> None:
+    """`postprocess` (and the start of the next job on the same `p`): nothing of this job stays."""
+    generation = generation_of(p)
+    if generation is not None:
+        generation.close()
+        setattr(p, ATTRIBUTE, None)
+
+
+__all__ = ["CapHumanError", "before_sampling", "end", "generation_of", "on_cfg_denoiser", "start"]

@@ -1,0 +1,310 @@
+"""Model files as users have them: CLIP ViT-L/14 found in each real layout (tiny files, real key names), the one table
+of free files with size and SHA-256, verification with cached hashes, downloads, and the status listing."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from preprocessors.identity import (
+    IdentityEncoder,
+    IdentityModelPaths,
+    build_clip_vision,
+    clip_pixel_values,
+    clip_tokens,
+    weights,
+)
+from preprocessors.identity.clip_files import (
+    ClipSearch,
+    controlnet_annotator_dirs,
+    find_clip_vision,
+    hub_cache_dirs,
+    locate_clip_vision,
+    read_clip_vision,
+)
+from tests.conftest import run_shared_generator, shared_dir
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(autouse=True)
+def isolated_hashes(tmp_path, monkeypatch):
+    """Each test gets its own hash cache (the real one lives in the extension's models/ folder)."""
+    monkeypatch.setattr(weights, "HASHES", weights.HashCache(tmp_path / "hashes.json"))
+
+
+@pytest.fixture(scope="module")
+def clip_model_state() -> dict[str, torch.Tensor]:
+    """A tiny transformers CLIPModel: the key names of openai/clip-vit-large-patch14's pytorch_model.bin and
+    model.safetensors (`vision_model.*`, `text_model.*`, `visual_projection`, `text_projection`, `logit_scale`)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=1, vocab_size=100, max_position_embeddings=16,
+                                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+                        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                           num_attention_heads=1, image_size=224, patch_size=14,
+                                           hidden_act="quick_gelu"),
+                        projection_dim=16)
+    return {k: v.contiguous() for k, v in CLIPModel(config).state_dict().items()}
+
+
+def vision_part(state):
+    return {k: v for k, v in state.items() if k.startswith("vision_model.")}
+
+
+def capface_state() -> dict[str, torch.Tensor]:
+    """Stand-in CapHuman weights (only the key layout matters to the CLIP search)."""
+    return {"control_model.input_hint_block.0.weight": torch.zeros(2, 9, 3, 3), "id_linear.weight": torch.zeros(4, 4)}
+
+
+def hub_cache(root: Path, state, filename="model.safetensors", revision=REVISION) -> Path:
+    """The huggingface_hub cache layout: blobs named by SHA-256, snapshot files linking to them, refs/main."""
+    repo = root / "models--openai--clip-vit-large-patch14"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    staging = root / "staging" / filename
+    staging.parent.mkdir(exist_ok=True)
+    if filename.endswith(".safetensors"):
+        save_file(state, staging)
+    else:
+        torch.save(state, staging)
+    blob = repo / "blobs" / weights.sha256(staging)
+    staging.rename(blob)
+    os.symlink(Path("..", "..", "blobs", blob.name), repo / "snapshots" / revision / filename)
+    (repo / "refs" / "main").write_text(revision)
+    return repo / "snapshots" / revision / filename
+
+
+def assert_same_tower(state, expected):
+    assert set(state) == set(expected)
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+# each layout -------------------------------------------------------------------------------------------------
+def test_tower_inside_the_caphuman_file(tmp_path, clip_model_state):
+    ckpt = tmp_path / "caphuman.ckpt"
+    state = capface_state()
+    state.update({f"control_cond_stage_model.transformer.{k}": v for k, v in vision_part(clip_model_state).items()})
+    torch.save({"state_dict": state}, ckpt)
+    found = find_clip_vision(ClipSearch(ckpt, hub_caches=[]))
+    assert found.where == "CapHuman file" and found.path == ckpt
+    assert_same_tower(read_clip_vision(found), vision_part(clip_model_state))
+
+
+def test_tower_inside_the_converted_file(tmp_path, clip_model_state):
+    converted = tmp_path / "caphuman_capface.safetensors"
+    save_file({"id_linear.weight": torch.zeros(4, 4),
+               **{f"clip_vision.{k}": v for k, v in vision_part(clip_model_state).items()}}, converted)
+    found = find_clip_vision(ClipSearch(converted, hub_caches=[]))
+    assert found.where == "CapHuman file"
+    assert_same_tower(read_clip_vision(found), vision_part(clip_model_state))
+
+
+def test_clip_file_in_the_caphuman_folder_loads_only_the_vision_tower(tmp_path, clip_model_state):
+    ckpt = tmp_path / "caphuman.ckpt"
+    torch.save({"state_dict": capface_state()}, ckpt)
+    save_file(clip_model_state, tmp_path / "clip-vit-large-patch14.safetensors")
+    found = find_clip_vision(ClipSearch(ckpt, [tmp_path], hub_caches=[]))
+    assert found.where == "CapHuman model folder"
+    state = read_clip_vision(found)
+    assert_same_tower(state, vision_part(clip_model_state))  # no text_model.*, no projections
+
+
+def test_sd_webui_controlnet_copy_is_found(tmp_path, clip_model_state):
+    webui = tmp_path / "webui"
+    downloads = webui / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
+    (downloads / "clip_vision").mkdir(parents=True)
+    torch.save(clip_model_state, downloads / "clip_vision" / "clip_vitl.pth")  # = the hub's pytorch_model.bin
+    annotators = controlnet_annotator_dirs([webui / "extensions"])
+    assert annotators == [downloads]
+    found = find_clip_vision(ClipSearch(None, [tmp_path / "CapHuman"], annotators, hub_caches=[]))
+    assert found.where == "sd-webui-controlnet"
+    assert_same_tower(read_clip_vision(found), vision_part(clip_model_state))
+
+
+def test_controlnet_annotator_models_path_and_setting(tmp_path, clip_model_state):
+    custom = tmp_path / "annotators"
+    (custom / "clip_vision").mkdir(parents=True)
+    torch.save(clip_model_state, custom / "clip_vision" / "clip_vitl.pth")
+    assert controlnet_annotator_dirs(annotator_models_path=str(custom)) == [custom]
+    assert controlnet_annotator_dirs(annotator_models_path="annotators", data_path=tmp_path) == [custom]
+    assert controlnet_annotator_dirs(annotator_models_path="x", modules_path_setting=str(custom))[0] == custom
+    found = find_clip_vision(ClipSearch(annotator_dirs=controlnet_annotator_dirs(annotator_models_path=str(custom)),
+                                        hub_caches=[]))
+    assert found.path == custom / "clip_vision" / "clip_vitl.pth"
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "pytorch_model.bin"])
+def test_hugging_face_cache_is_found_through_the_environment(tmp_path, monkeypatch, clip_model_state, filename):
+    snapshot = hub_cache(tmp_path / "hf" / "hub", clip_model_state, filename)
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert hub_cache_dirs()[0] == tmp_path / "hf" / "hub"
+    found = find_clip_vision(ClipSearch())
+    assert found.where == "Hugging Face cache" and found.path == snapshot
+    assert_same_tower(read_clip_vision(found), vision_part(clip_model_state))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert hub_cache_dirs()[0] == tmp_path / "elsewhere"
+
+
+def test_search_order(tmp_path, clip_model_state):
+    """CapHuman file > CapHuman folders > sd-webui-controlnet > Hugging Face cache."""
+    cache = tmp_path / "hub"
+    hub_cache(cache, clip_model_state)
+    annotators = tmp_path / "annotators"
+    (annotators / "clip_vision").mkdir(parents=True)
+    torch.save(clip_model_state, annotators / "clip_vision" / "clip_vitl.pth")
+    folder = tmp_path / "CapHuman"
+    folder.mkdir()
+    search = ClipSearch(None, [folder], [annotators], [cache])
+    assert find_clip_vision(search).where == "sd-webui-controlnet"
+    save_file(clip_model_state, folder / "clip-vit-large-patch14.safetensors")
+    assert find_clip_vision(search).where == "CapHuman model folder"
+    ckpt = folder / "caphuman.safetensors"
+    save_file({f"clip_vision.{k}": v for k, v in vision_part(clip_model_state).items()}, ckpt)
+    assert find_clip_vision(dataclasses.replace(search, caphuman_file=ckpt)).where == "CapHuman file"
+    assert find_clip_vision(ClipSearch(None, [tmp_path / "empty"], [], [tmp_path / "none"])) is None
+
+
+def test_nothing_found_and_no_download_names_the_file_the_folder_and_the_url(tmp_path):
+    ckpt = tmp_path / "caphuman.ckpt"
+    torch.save({"state_dict": capface_state()}, ckpt)
+    with pytest.raises(weights.ModelFileMissingError) as error:
+        locate_clip_vision(ClipSearch(ckpt, [tmp_path / "CapHuman"], hub_caches=[]))
+    message = str(error.value)
+    assert "clip-vit-large-patch14.safetensors" in message and str(tmp_path / "CapHuman") in message
+    assert weights.CLIP_VISION.url in message and "automatic downloads" in message
+
+
+def published_as(model: weights.ModelFile, path: Path) -> weights.ModelFile:
+    """`model` as if `path` (a tiny file) were what its URL serves."""
+    return dataclasses.replace(model, published=(weights.Published(path.as_uri(), path.stat().st_size,
+                                                                   weights.sha256(path)),))
+
+
+def test_download_when_allowed_keeps_the_verified_file_and_reads_the_vision_tower(tmp_path, monkeypatch,
+                                                                                   clip_model_state):
+    served = tmp_path / "served" / "model.safetensors"
+    served.parent.mkdir()
+    save_file(clip_model_state, served)
+    monkeypatch.setattr(weights, "CLIP_VISION", published_as(weights.CLIP_VISION, served))
+    seen = []
+    found = locate_clip_vision(ClipSearch(None, [tmp_path / "CapHuman"], hub_caches=[], allow_download=True),
+                               progress=lambda done, total: seen.append((done, total)))
+    assert found.path == tmp_path / "CapHuman" / "clip-vit-large-patch14.safetensors" and found.where == "downloaded"
+    assert seen[-1] == (served.stat().st_size, served.stat().st_size)
+    assert_same_tower(read_clip_vision(found), vision_part(clip_model_state))
+    # the next search finds it in the folder: nothing is downloaded again
+    assert find_clip_vision(ClipSearch(None, [tmp_path / "CapHuman"], hub_caches=[])).path == found.path
+
+
+def test_download_with_other_bytes_is_not_kept(tmp_path, monkeypatch):
+    served = tmp_path / "served.pth"
+    served.write_bytes(b"not the published file")
+    model = dataclasses.replace(weights.FACE_PARSING, published=(weights.Published(served.as_uri(), 22, "0" * 64),))
+    with pytest.raises(weights.ModelFileCorruptError, match="not the published file"):
+        weights.download(model, tmp_path / "models")
+    assert not list((tmp_path / "models").iterdir())  # neither the file nor a .part
+
+
+def test_unit_identity_from_a_checkpoint_without_clip_and_a_controlnet_copy(tmp_path, clip_model_state):
+    """Acceptance: a caphuman.ckpt without CLIP keys + clip_vitl.pth of sd-webui-controlnet -> identity tokens,
+    computed with the vision tower of that file."""
+    parity = shared_dir() / "parity"
+    if not parity.is_dir():
+        pytest.skip("reference data not found")
+    models = run_shared_generator(parity, "make_synthetic_identity.py", tmp_path / "CapHuman")
+    ckpt = models / "caphuman.ckpt"
+    torch.save({"state_dict": capface_state()}, ckpt)
+    annotators = tmp_path / "downloads"
+    (annotators / "clip_vision").mkdir(parents=True)
+    torch.save(clip_model_state, annotators / "clip_vision" / "clip_vitl.pth")
+    paths = IdentityModelPaths(clip_vision=ckpt, folders=[models], allow_download=False,
+                               annotator_dirs=[annotators], hub_caches=[])
+    identity = IdentityEncoder(paths).encode(Image.open(models / "identity.png"))
+    expected = clip_tokens(build_clip_vision(vision_part(clip_model_state)), clip_pixel_values(identity.face_only))
+    assert identity.clip_tokens.shape == (1, 257, 64)
+    torch.testing.assert_close(identity.clip_tokens, expected, atol=1e-5, rtol=0)
+
+
+# the table, verification, hashes -------------------------------------------------------------------------------
+def test_every_free_file_has_url_size_and_sha256():
+    assert set(weights.FREE_FILES) == {"face_parsing", "facenet", "clip_vision"}
+    for model in weights.FREE_FILES.values():
+        for published in model.published:
+            assert published.url.startswith("https://") and published.size > 1_000_000
+            assert len(published.sha256) == 64 and int(published.sha256, 16) >= 0
+        assert model.licence and model.about
+    assert weights.FACE_PARSING.sha256 == "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567"
+    assert weights.FACE_PARSING.size == 53_289_463
+
+
+def test_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    path = tmp_path / "79999_iter.pth"
+    path.write_bytes(b"x" * 1000)
+    model = published_as(weights.FACE_PARSING, path)
+    reads = []
+    real = weights.sha256
+    monkeypatch.setattr(weights, "sha256", lambda p: reads.append(p) or real(p))
+    assert weights.verify(path, model).verified is True
+    assert weights.verify(path, model).verified is True and len(reads) == 1
+    assert weights.HashCache(tmp_path / "hashes.json").cached(path) == model.sha256  # survives a restart
+    path.write_bytes(b"y" * 1000)
+    os.utime(path, ns=(1, 1))
+    assert weights.verify(path, model, compute=False).verified is None  # changed: not known without reading
+    assert weights.verify(path, model).verified is False and len(reads) == 2
+
+
+def test_a_hub_blob_verifies_without_being_read(tmp_path, monkeypatch, clip_model_state):
+    snapshot = hub_cache(tmp_path, clip_model_state)
+    monkeypatch.setattr(weights, "sha256", lambda p: pytest.fail("read"))
+    model = dataclasses.replace(weights.CLIP_VISION, published=(
+        weights.Published("https://x", 1, snapshot.resolve().name),))
+    assert weights.verify(snapshot, model).verified is True
+
+
+def test_a_file_with_other_bytes_is_used_with_a_clear_warning(tmp_path, caplog):
+    (tmp_path / "79999_iter.pth").write_bytes(b"re-saved copy")
+    with caplog.at_level(logging.WARNING, logger="caphuman"):
+        path = weights.ensure(weights.FACE_PARSING, [tmp_path], allow_download=True)
+    assert path == tmp_path / "79999_iter.pth" and path.read_bytes() == b"re-saved copy"  # not replaced
+    assert weights.FACE_PARSING.sha256 in caplog.text and weights.FACE_PARSING.url in caplog.text
+
+
+def test_missing_without_download_names_the_file_the_folder_and_the_url(tmp_path):
+    with pytest.raises(weights.ModelFileMissingError) as error:
+        weights.ensure(weights.FACENET_VGGFACE2, [tmp_path], allow_download=False)
+    message = str(error.value)
+    assert "20180402-114759-vggface2.pt" in message and str(tmp_path) in message
+    assert weights.FACENET_VGGFACE2.url in message
+
+
+def test_converted_file_keeps_the_tower_it_found(tmp_path, clip_model_state):
+    from caphuman_ext.convert import convert
+    from tests.core_helpers import random_capface
+
+    capface = random_capface(seed=1)
+    ckpt = tmp_path / "caphuman.ckpt"
+    torch.save({"state_dict": {f"control_model.{k}" if not k.startswith(("id_linear", "img_linear")) else k: v
+                               for k, v in capface.state_dict().items()}}, ckpt)
+    annotators = tmp_path / "downloads"
+    (annotators / "clip_vision").mkdir(parents=True)
+    torch.save(clip_model_state, annotators / "clip_vision" / "clip_vitl.pth")
+    out = tmp_path / "caphuman_capface.safetensors"
+    counts = convert(ckpt, out, clip_search=ClipSearch(annotator_dirs=[annotators], hub_caches=[]))
+    assert counts["clip_vision"] == len(vision_part(clip_model_state))
+    found = find_clip_vision(ClipSearch(out, hub_caches=[]))
+    assert found.where == "CapHuman file"
+    assert_same_tower(read_clip_vision(found), vision_part(clip_model_state))
+    assert not any(k.startswith("clip_vision.text_model") for k in load_file(out))
