@@ -27,6 +27,7 @@ URL = os.environ.get("CAPHUMAN_WEBUI_URL", "http://127.0.0.1:7860")
 pytestmark = pytest.mark.skipif(not os.environ.get("CAPHUMAN_WEBUI_DIR"), reason="needs CAPHUMAN_WEBUI_DIR")
 
 STEERABLE = "caphuman_steerable.safetensors"
+RANDOM = "caphuman_tiny.safetensors"
 BASE = {"prompt": "a portrait photo", "negative_prompt": "", "steps": 4, "width": 128, "height": 128, "seed": 1234,
         "sampler_name": "Euler a", "cfg_scale": 7, "override_settings": {"sd_model_checkpoint": "tiny-sd15"}}
 
@@ -98,10 +99,10 @@ def photo() -> str:
 
 @pytest.fixture(scope="module")
 def model_name() -> str:
-    """The steerable CapFace when the webui has it (head-region assertions), else the default."""
+    """The steerable CapFace when the webui has it (head-region assertions), else the random tiny one."""
     status, models = call("/caphuman/v1/models")
     assert status == 200, models
-    return STEERABLE if STEERABLE in models["models"] else ""
+    return STEERABLE if STEERABLE in models["models"] else RANDOM
 
 
 def head_mask(unit: dict, width: int, height: int) -> np.ndarray:
@@ -328,7 +329,8 @@ def test_no_face_is_a_readable_error_and_the_next_generation_is_plain():
 
     plain = plain_images("txt2img", with_scripts(BASE))
     blank = encode(Image.new("RGB", (128, 128), (90, 140, 200)))
-    status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [{"enabled": True, "reference_images": [blank]}]))
+    unit = {"enabled": True, "reference_images": [blank], "model": RANDOM}
+    status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [unit]))
     assert status >= 400 and "face" in json.dumps(body).lower(), body
     assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
 
@@ -343,6 +345,19 @@ def test_a_capface_that_does_not_fit_the_checkpoint_says_so(photo):
     status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [unit]))
     text = json.dumps(body)
     assert status >= 400 and "caphuman_mid" in text, (status, text[:500])
+    assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
+
+
+def test_default_model_is_never_a_silent_no_op(photo):
+    """Model "" with several CapFaces in the folder (caphuman_mid first by name, which does not fit tiny-sd15): either
+    CapHuman acts, or the generation stops with a message saying the model does not fit."""
+    plain = plain_images("txt2img", with_scripts(BASE))
+    status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [{"enabled": True, "reference_images": [photo]}]))
+    if status == 200:
+        assert changed(plain[0], decode(body["images"][0])).max() > 0
+        assert "CapHuman 1" in json.loads(body["info"])["extra_generation_params"]
+    else:
+        assert "fit" in json.dumps(body), body
     assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
 
 
@@ -451,6 +466,7 @@ def test_sd2_checkpoint_gets_a_clear_message(photo):
         pytest.skip("no tiny-sd2 checkpoint")
     payload = {**BASE, "override_settings": {"sd_model_checkpoint": "tiny-sd2"}}
     plain, _ = generate("txt2img", with_scripts(payload))
-    status, body = call("/sdapi/v1/txt2img", with_scripts(payload, [{"enabled": True, "reference_images": [photo]}]))
+    unit = {"enabled": True, "reference_images": [photo], "model": RANDOM}
+    status, body = call("/sdapi/v1/txt2img", with_scripts(payload, [unit]))
     assert status >= 400 and "SD1.x checkpoints only" in json.dumps(body), body
     assert np.array_equal(generate("txt2img", with_scripts(payload))[0][0], plain[0])
