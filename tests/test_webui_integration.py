@@ -248,32 +248,49 @@ def test_img2img_paths(photo, model_name, case):
 
 
 def test_inpaint_only_masked_places_the_head_in_the_whole_frame(photo, model_name):
-    """'Only masked' samples a crop (mask box padded by 8, here (56, 8)-(120, 72)) at 128²: the hint must be the
-    whole frame's head cropped the same way (as sd-webui-controlnet crops control images), so the change sits where
-    the whole-frame head overlaps the mask."""
-    box = (64, 16, 112, 64)
+    """'Only masked' samples a crop (mask box padded by 8: (56, 8)-(120, 72), 64² sampled at 128²). The hint must be
+    the whole frame's head cropped the same way (as sd-webui-controlnet crops control images), not a head laid out in
+    the crop's own frame: the change inside the mask follows the whole-frame head more than the crop-frame one."""
+    box, crop = (64, 16, 112, 64), (56, 8, 120, 72)
     payload = {**BASE, "init_images": [square_image()], "denoising_strength": 0.7, "mask": box_mask(box),
                "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 8, "mask_blur": 0}
     unit = {"enabled": True, "reference_images": [photo], "scale": 0.6}
-
-    def region(index, shape):
-        inside_mask = np.zeros(shape, bool)
-        inside_mask[box[1]:box[3], box[0]:box[2]] = True
-        return head_mask(unit, shape[1], shape[0]) & inside_mask
-
     result = caphuman_case("img2img", payload, [unit], model_name, None)
-    if model_name == STEERABLE:
-        diff, mask = result["diffs"][0], region(0, result["diffs"][0].shape)
-        in_box = np.zeros_like(mask)
-        in_box[box[1]:box[3], box[0]:box[2]] = True
-        inside, outside = diff[mask].mean(), diff[in_box & ~mask].mean()
-        assert inside > 2 * outside, f"inside the whole-frame head {inside:.2f}, elsewhere in the mask {outside:.2f}"
+    if model_name != STEERABLE:
+        return
+    diff = result["diffs"][0].astype(float)
+    in_box = np.zeros(diff.shape, bool)
+    in_box[box[1]:box[3], box[0]:box[2]] = True
+    whole_frame = head_mask(unit, 128, 128)
+    crop_frame = np.zeros(diff.shape, bool)
+    crop_frame[crop[1]:crop[3], crop[0]:crop[2]] = head_mask(unit, crop[2] - crop[0], crop[3] - crop[1])
+
+    def contrast(head: np.ndarray) -> float:
+        return diff[head & in_box].mean() / diff[in_box & ~head].mean()
+
+    assert contrast(whole_frame) > max(1.3, contrast(crop_frame)), (contrast(whole_frame), contrast(crop_frame))
 
 
-def test_inpainting_checkpoint(photo, model_name):
+@pytest.fixture
+def loaded_checkpoint():
+    """Load a checkpoint through the settings for a whole test (per-request overrides of the 9-channel checkpoint
+    make the webui's own plain runs differ from one request to the next), and load tiny-sd15 back afterwards."""
+    names = []
+
+    def load(name: str) -> None:
+        names.append(name)
+        status, body = call("/sdapi/v1/options", {"sd_model_checkpoint": name})
+        assert status == 200, body
+
+    yield load
+    if names:
+        call("/sdapi/v1/options", {"sd_model_checkpoint": "tiny-sd15"})
+
+
+def test_inpainting_checkpoint(photo, model_name, loaded_checkpoint):
+    loaded_checkpoint("tiny-sd15-inpainting")
     payload = {**BASE, "init_images": [square_image()], "mask": box_mask((32, 16, 96, 112)),
-               "denoising_strength": 0.8, "inpainting_fill": 1,
-               "override_settings": {"sd_model_checkpoint": "tiny-sd15-inpainting"}}
+               "denoising_strength": 0.8, "inpainting_fill": 1, "override_settings": {}}
     caphuman_case("img2img", payload, [{"enabled": True, "reference_images": [photo]}], model_name)
 
 
@@ -348,6 +365,21 @@ def test_a_capface_that_does_not_fit_the_checkpoint_says_so(photo):
     assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
 
 
+def test_a_small_capface_on_a_real_width_sd15_names_the_model(photo):
+    """caphuman_tiny (32 channels) with mid-sd15 (SD1.5's widths) loaded: the message names the model that does not
+    fit, and does not ask for an SD1.x checkpoint (one is loaded)."""
+    call("/sdapi/v1/refresh-checkpoints", {})
+    if "mid-sd15" not in [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]:
+        pytest.skip("no mid-sd15 checkpoint (docs/webui-testing/make_mid_sd15.py)")
+    payload = {**BASE, "width": 64, "height": 64, "steps": 2, "override_settings": {"sd_model_checkpoint": "mid-sd15"}}
+    plain = plain_images("txt2img", with_scripts(payload))
+    status, body = call("/sdapi/v1/txt2img", with_scripts(payload, [{"enabled": True, "reference_images": [photo],
+                                                                     "model": RANDOM}]))
+    text = json.dumps(body)
+    assert status >= 400 and RANDOM in text and "load an SD1.x checkpoint" not in text, (status, text[:600])
+    assert np.array_equal(generate("txt2img", with_scripts(payload))[0][0], plain[0])
+
+
 def test_default_model_is_never_a_silent_no_op(photo):
     """Model "" with several CapFaces in the folder (caphuman_mid first by name, which does not fit tiny-sd15): either
     CapHuman acts, or the generation stops with a message saying the model does not fit."""
@@ -371,7 +403,7 @@ def test_refiner_gets_the_capface_residuals(photo, model_name):
     assert "Refiner" in result["info"]["extra_generation_params"]
     generate("txt2img", with_scripts(payload, result["units"], probe=True))
     log = call("/caphuman-probe/v1/log")[1]["log"]
-    refined = [r for r in log if r["checkpoint"] == "tiny-sd15-b"]
+    refined = [r for r in log if r["checkpoint"].startswith("tiny-sd15-b")]
     assert refined and all(r["hooks"] for r in refined), log
 
 
@@ -386,7 +418,7 @@ def test_hires_checkpoint_gets_the_capface_residuals(photo, model_name):
     first = [r for r in log if r["phase"] == "first"]
     hires = [r for r in log if r["phase"] == "hires"]
     assert first and all(r["hooks"] for r in first), log
-    assert hires and all(r["checkpoint"] == "tiny-sd15-b" and r["hooks"] for r in hires), log
+    assert hires and all(r["checkpoint"].startswith("tiny-sd15-b") and r["hooks"] for r in hires), log
     assert {r["unet"] for r in hires}.isdisjoint({r["unet"] for r in first}), log  # a new model object
 
 
@@ -468,5 +500,5 @@ def test_sd2_checkpoint_gets_a_clear_message(photo):
     plain, _ = generate("txt2img", with_scripts(payload))
     unit = {"enabled": True, "reference_images": [photo], "model": RANDOM}
     status, body = call("/sdapi/v1/txt2img", with_scripts(payload, [unit]))
-    assert status >= 400 and "SD1.x checkpoints only" in json.dumps(body), body
+    assert status >= 400 and "SD1" in json.dumps(body), body
     assert np.array_equal(generate("txt2img", with_scripts(payload))[0][0], plain[0])
