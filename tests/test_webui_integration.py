@@ -274,15 +274,14 @@ def test_inpaint_only_masked_places_the_head_in_the_whole_frame(photo, model_nam
 @pytest.fixture
 def loaded_checkpoint():
     """Load a checkpoint through the settings for a whole test, and tiny-sd15 back afterwards. The webui's first
-    generation after loading tiny-sd15-inpainting differs from every later plain one (seen with no CapHuman run
-    anywhere: 0, 338, 338, ... max pixel difference), so one warm-up generation runs first."""
+    img2img after loading tiny-sd15-inpainting differs from every later plain one (seen with no CapHuman run
+    anywhere: 0, 338, 338, ... max pixel difference), so the test runs one warm-up generation itself."""
     names = []
 
     def load(name: str) -> None:
         names.append(name)
         status, body = call("/sdapi/v1/options", {"sd_model_checkpoint": name})
         assert status == 200, body
-        generate("txt2img", with_scripts({**BASE, "override_settings": {}}))
 
     yield load
     if names:
@@ -293,6 +292,7 @@ def test_inpainting_checkpoint(photo, model_name, loaded_checkpoint):
     loaded_checkpoint("tiny-sd15-inpainting")
     payload = {**BASE, "init_images": [square_image()], "mask": box_mask((32, 16, 96, 112)),
                "denoising_strength": 0.8, "inpainting_fill": 1, "override_settings": {}}
+    generate("img2img", with_scripts(payload))  # warm-up (see loaded_checkpoint)
     caphuman_case("img2img", payload, [{"enabled": True, "reference_images": [photo]}], model_name)
 
 
