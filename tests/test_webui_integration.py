@@ -297,16 +297,17 @@ def test_inpainting_checkpoint(photo, model_name, loaded_checkpoint):
 
 
 def test_prompt_matrix_with_different_sub_prompt_counts(photo, model_name):
-    """Prompt matrix makes 'a portrait photo' (1 sub-prompt) and '..., red hair AND blue eyes' (2) in one batch:
-    each image must get its own latent's residuals, i.e. equal the image generated alone with the same prompt."""
+    """Prompt matrix makes 'a portrait photo' (1 sub-prompt) and '..., red hair AND blue eyes AND a hat' (3) in one
+    batch (4 cond rows for 2 images: a count-based guess pairs rows 0,0,1,1 instead of 0,1,1,1): each image must get
+    its own latent's residuals, i.e. equal the image generated alone with the same prompt."""
     unit = {"enabled": True, "reference_images": [photo]}
-    payload = {**BASE, "prompt": "a portrait photo|red hair AND blue eyes", "batch_size": 2,
+    payload = {**BASE, "prompt": "a portrait photo|red hair AND blue eyes AND a hat", "batch_size": 2,
                "script_name": "prompt matrix", "script_args": [False, False, "positive", "comma", 0]}
     result = caphuman_case("txt2img", payload, [unit], model_name)
     images = [image for image in result["steered"] if image.shape == (128, 128, 3)]  # without the grid
     plain_cells = [image for image in result["before"] if image.shape == (128, 128, 3)]
     assert len(images) == 2
-    alone = {**BASE, "prompt": "a portrait photo, red hair AND blue eyes"}
+    alone = {**BASE, "prompt": "a portrait photo, red hair AND blue eyes AND a hat"}
     alone_plain, _ = generate("txt2img", with_scripts(alone))
     alone_steered, _ = generate("txt2img", with_scripts(alone, result["units"]))
     noise = changed(plain_cells[1], alone_plain[0]).max()
