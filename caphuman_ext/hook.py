@@ -42,6 +42,14 @@ def _describe_unet(unet: nn.Module) -> str:
     return f"{channels} channels x {mult}, {len(getattr(unet, 'output_blocks', []))} output blocks: {kind}"
 
 
+def cross_attention_width(unet: nn.Module) -> int | None:
+    """The width of the text context the UNet's cross-attention reads (SD1.x: 768, SD2: 1024, SDXL: 2048)."""
+    for name, module in unet.named_modules():
+        if name.endswith("attn2.to_k") and hasattr(module, "in_features"):
+            return int(module.in_features)
+    return None
+
+
 def check_compatible(unet: nn.Module, controls: Sequence[CapFaceControl] | Sequence[object]) -> None:
     """Raise IncompatibleUNetError naming both shapes when a CapFace cannot feed `unet` (controls or CapFaces)."""
     for name in ("input_blocks", "middle_block", "output_blocks"):
@@ -60,6 +68,11 @@ def check_compatible(unet: nn.Module, controls: Sequence[CapFaceControl] | Seque
                 f"the CapFace ({config.model_channels} channels x {list(config.channel_mult)}, "
                 f"{capface.num_residuals - 1} blocks) does not fit the loaded checkpoint's UNet "
                 f"({_describe_unet(unet)}): {advice}")
+        width = cross_attention_width(unet)
+        if width is not None and width != config.context_dim:
+            raise IncompatibleUNetError(
+                f"the loaded checkpoint's UNet reads a {width}-wide text context, CapFace was trained beside one "
+                f"that reads {config.context_dim} (SD1.x): load an SD1.x checkpoint (SD1.5 or a fine-tune of it)")
 
 
 def compute_dtype(unet_dtype: torch.dtype, device: torch.device) -> torch.dtype:

@@ -10,6 +10,7 @@ refusal.
 from __future__ import annotations
 
 import _compat_pickle
+import _pickle
 import collections
 import copyreg
 import pickle
@@ -126,11 +127,11 @@ def torch_globals() -> dict[tuple[str, str], Any]:
         if isinstance(value, torch.dtype):
             allowed[("torch", name)] = value
         elif isinstance(value, type) and issubclass(value, torch.storage._LegacyStorage):
-            allowed[("torch", name)] = _StorageTypeOnly(value)
+            allowed[("torch", name)] = StorageTypeOnly(value)
     return allowed
 
 
-class _StorageTypeOnly:
+class StorageTypeOnly:
     """A torch storage class a legacy file names (for its dtype); calling it to allocate is refused."""
 
     def __init__(self, storage_class: type) -> None:
@@ -142,7 +143,7 @@ class _StorageTypeOnly:
         raise ForbiddenPickleError(f"refusing to construct {self.__name__} from a pickle")
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(_pickle.Unpickler):
     """Resolves globals through `allowed`; anything else becomes an inert placeholder when `placeholders` is true,
     else is refused."""
 

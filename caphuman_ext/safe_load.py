@@ -11,7 +11,7 @@ pickle declares must fit in what is left of the file, so a small file cannot ask
 
 from __future__ import annotations
 
-import pickle
+import _pickle
 import struct
 import tarfile
 import types
@@ -23,8 +23,9 @@ import torch
 
 from .restricted_pickle import (
     ForbiddenPickleError,
+    Placeholder,
     RestrictedUnpickler,
-    _StorageTypeOnly,
+    StorageTypeOnly,
     base_globals,
     check_tensor_view,
     torch_globals,
@@ -80,7 +81,8 @@ def _checked_persistent_load(load: Any, budget: _StorageBudget) -> Any:
 
 
 def _restricted_module(limit: int) -> types.SimpleNamespace:
-    """A `pickle_module` for torch: its `Unpickler` and `load` both resolve globals through the allow-list."""
+    """A `pickle_module` for torch: its `Unpickler` (the data pickle: unknown classes become inert placeholders)
+    and `load` (every other pickle: unknown globals refused) resolve globals through the allow-list."""
     budget = _StorageBudget(limit)
     allowed = {**base_globals(), **torch_globals()}
 
@@ -94,13 +96,16 @@ def _restricted_module(limit: int) -> types.SimpleNamespace:
         @persistent_load.setter
         def persistent_load(self, function: Any) -> None:  # torch assigns its own; ours checks it first
             self._persistent_load = _checked_persistent_load(function, budget)
-            pickle.Unpickler.__dict__["persistent_load"].__set__(self, self._persistent_load)
+            _pickle.Unpickler.__dict__["persistent_load"].__set__(self, self._persistent_load)
 
     Unpickler.allowed = allowed
 
+    class StrictUnpickler(Unpickler):  # the legacy layouts' header and storage pickles hold plain values only
+        placeholders = False
+
     def load(file: IO[bytes], **kwargs: Any) -> Any:
-        result = Unpickler(file, **kwargs).load()
-        if isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], _StorageTypeOnly):
+        result = StrictUnpickler(file, **kwargs).load()
+        if isinstance(result, tuple) and len(result) == 3 and isinstance(result[2], StorageTypeOnly):
             _check_tar_storage(file, result, budget)
         return result
 
@@ -128,7 +133,7 @@ def _check_container(path: Path, size: int) -> bool:
         try:
             with zipfile.ZipFile(path) as archive:
                 members = archive.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - any failure to parse the archive is the file's
             raise WeightFileError(f"{path.name}: cannot read its zip archive ({error}); the file may be truncated: "
                                   "download it again") from error
         for info in members:
@@ -139,8 +144,8 @@ def _check_container(path: Path, size: int) -> bool:
     try:
         with tarfile.open(path, "r:") as archive:
             members = archive.getmembers()
-    except (tarfile.TarError, OSError, ValueError, EOFError):
-        return False  # not a tar: torch reads it as the legacy non-zip layout
+    except Exception:  # noqa: BLE001 - not a tar: torch reads it as the legacy non-zip layout
+        return False
     for member in members:
         if not (member.isfile() or member.isdir()) or member.issparse() or member.size > size:
             raise WeightFileError(f"{path.name}: tar member {member.name!r} is not a plain file within the archive")
@@ -184,6 +189,9 @@ def load_pickled_weights(path: str | Path) -> Any:
     try:
         data = torch.serialization.load(str(path), map_location="cpu", weights_only=False,
                                         pickle_module=_restricted_module(size), mmap=is_zip)
+        if isinstance(data, Placeholder):
+            raise WeightFileError(f"{path.name}: holds a {type(data).__module__[9:]}.{type(data).__name__} object, "
+                                  "not weights — refused (nothing in it was run)")
         _check_tensors(data, path.name)
     except WeightFileError:
         raise

@@ -12,6 +12,8 @@ if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
 from caphuman_ext.hosts import a1111  # noqa: E402
+from caphuman_ext.model_files import download, model_status  # noqa: E402
+from caphuman_ext.model_files_panel import build_model_files_panel  # noqa: E402
 from caphuman_ext.unit.api import install_api  # noqa: E402
 from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
 from caphuman_ext.unit.infotext import to_infotext  # noqa: E402
@@ -21,6 +23,7 @@ from caphuman_ext.unit.paste import PastedUnit, pasted_unit  # noqa: E402
 from caphuman_ext.unit.photo_store import PhotoStore  # noqa: E402
 from preprocessors.head.codes import MODES  # noqa: E402
 from preprocessors.head.frames import RESIZE_MODES  # noqa: E402
+from preprocessors.identity.clip_files import controlnet_annotator_dirs  # noqa: E402
 
 VERSION = "0.1.0"
 SCRIPT_TITLE = "CapHuman"
@@ -37,15 +40,52 @@ def _folders() -> list[Path]:
     return model_folders(Path(paths.models_path), extra)
 
 
+def _annotator_dirs() -> list[Path]:
+    """sd-webui-controlnet's annotator folders (a CLIP ViT-L/14 copy many users already have)."""
+    from modules import paths
+
+    options = getattr(shared.opts, "data", None) or {}
+    return controlnet_annotator_dirs(
+        extension_dirs=[p for p in (getattr(paths, "extensions_dir", None),
+                                    getattr(paths, "extensions_builtin_dir", None)) if p],
+        annotator_models_path=getattr(getattr(shared, "cmd_opts", None), "controlnet_annotator_models_path", None),
+        modules_path_setting=options.get("control_net_modules_path"), data_path=getattr(paths, "data_path", None))
+
+
 _BUILDER: UnitBuilder | None = None
 
 
 def builder() -> UnitBuilder:
     global _BUILDER
-    settings = (_folders(), _opt("caphuman_auto_download", True), int(_opt("caphuman_cache_size", 16)))
-    if _BUILDER is None or (_BUILDER.folders, _BUILDER.allow_download, _BUILDER.cache_size) != settings:
+    settings = (_folders(), _opt("caphuman_auto_download", True), int(_opt("caphuman_cache_size", 16)),
+                _annotator_dirs())
+    if _BUILDER is None or (_BUILDER.folders, _BUILDER.allow_download, _BUILDER.cache_size,
+                            _BUILDER.annotator_dirs) != settings:
         _BUILDER = UnitBuilder(*settings)
     return _BUILDER
+
+
+_SCORER = None
+
+
+def _scorer():
+    """The quality scorer, sharing the unit builder's models."""
+    global _SCORER
+    from caphuman_ext.quality import Scorer
+
+    if _SCORER is None or _SCORER.builder is not builder():
+        _SCORER = Scorer(builder=builder())
+    return _SCORER
+
+
+def _score(payload: dict) -> dict:
+    from caphuman_ext.quality.api import score_request
+
+    return score_request(payload, _scorer())
+
+
+def _model_files(verify: bool = False) -> list[dict]:
+    return model_status(_folders(), annotator_dirs=_annotator_dirs(), verify=verify)
 
 
 _PHOTO_STORE: PhotoStore | None = None
@@ -60,6 +100,19 @@ def _photo_store() -> PhotoStore:
         root = Path(getattr(paths, "data_path", None) or Path(paths.models_path).parent)
         _PHOTO_STORE = PhotoStore(root / "caphuman" / "photos")
     return _PHOTO_STORE
+
+
+_PASTES: dict[tuple[str, int], PastedUnit | None] = {}
+
+
+def _pasted(params: dict, index: int) -> PastedUnit | None:
+    """One paste reads the photo store once per unit, not once per component."""
+    key = (str(params.get(f"CapHuman {index + 1}")), index)
+    if key not in _PASTES:
+        if len(_PASTES) > 16:
+            _PASTES.clear()
+        _PASTES[key] = pasted_unit(params, index, _photo_store())
+    return _PASTES[key]
 
 
 def _infotext(unit) -> str:
@@ -99,6 +152,7 @@ class Script(scripts.Script):
             for index in range(int(_opt("caphuman_units", 2))):
                 with gr.Tab(f"Person {index + 1}"):
                     components += self._unit_ui(tab, index)
+            build_model_files_panel(_model_files, lambda name: download(name, _folders()))
         return components
 
     def _unit_ui(self, tab: str, index: int) -> list:
@@ -169,7 +223,7 @@ class Script(scripts.Script):
 
         def field(name: str):
             def value(params: dict):
-                pasted = pasted_unit(params, index, _photo_store())
+                pasted = _pasted(params, index)
                 if pasted is None:
                     return gr.update()
                 if name in pasted.settings:
@@ -183,7 +237,7 @@ class Script(scripts.Script):
             if name != "allow_whole_image":
                 self.infotext_fields.append((component, field(name)))
         self.infotext_fields.append((message, lambda params: gr.update(value=(
-            pasted_unit(params, index, _photo_store()) or PastedUnit()).message or "")))
+            _pasted(params, index) or PastedUnit()).message or "")))
 
     def process(self, p, *args):
         device = devices.device
@@ -202,8 +256,31 @@ class Script(scripts.Script):
         if generation is not None:
             generation.detach()
 
+    def postprocess_image(self, p, pp, *args):
+        """With "Score CapHuman results" on: each image's scores in its infotext, an overlay kept for the gallery."""
+        generation = a1111.generation_of(p)
+        if generation is None or not _opt("caphuman_score", False):
+            return
+        units = [unit for unit, acted in zip(generation.units, generation.acted(), strict=True) if acted]
+        if not units:
+            return
+        try:
+            result = _scorer().score(pp.image, [unit.params for unit in units], overlay=True)
+        except Exception as error:  # noqa: BLE001 - a score is extra information: the image stays
+            print(f"CapHuman: scoring failed: {error}")
+            return
+        for face in result.faces:  # keyed by the unit's tab, like its settings
+            p.extra_generation_params[f"CapHuman score {units[face.unit].position + 1}"] = face.text()
+        if result.overlay is not None:
+            generation.extras.append(result.overlay)
+
     def postprocess(self, p, processed, *args):
-        if a1111.generation_of(p) is not None:
+        generation = a1111.generation_of(p)
+        if generation is not None:
+            for overlay in generation.extras:
+                processed.images.append(overlay)
+                if hasattr(processed, "infotexts"):
+                    processed.infotexts.append("CapHuman score overlay: target landmarks green, fitted red")
             a1111.end(p)
             _after_use()
 
@@ -235,6 +312,9 @@ def _on_ui_settings():
                                                     section=section),
         "caphuman_offload": shared.OptionInfo(False, "Move CapHuman models to the CPU after each generation "
                                               "(always on with --medvram / --lowvram)", section=section),
+        "caphuman_score": shared.OptionInfo(False, "Score CapHuman results: identity similarity and head-control "
+                                            "errors in the infotext, and an overlay of the target head",
+                                            section=section),
         "caphuman_cache_size": shared.OptionInfo(16, "Photos remembered by the identity and head caches", gr.Slider,
                                                  {"minimum": 1, "maximum": 128, "step": 1}, section=section),
     }
@@ -246,7 +326,8 @@ script_callbacks.on_ui_settings(_on_ui_settings)
 
 
 def _on_app_started(demo, app):
-    install_api(app, folders=_folders, preview=_preview, version=VERSION, script_title=SCRIPT_TITLE)
+    install_api(app, folders=_folders, preview=_preview, version=VERSION, script_title=SCRIPT_TITLE,
+                model_files=_model_files, score=_score)
 
 
 script_callbacks.on_app_started(_on_app_started)
@@ -265,7 +346,7 @@ def _register_xyz_axes():
         return apply
 
     for label, name, cast in (("Strength", "strength", float), ("Start", "start", float), ("End", "end", float),
-                              ("Pose-only phase", "pose_only", float), ("Yaw", "yaw", float),
+                              ("Pose-only steps", "pose_only", float), ("Yaw", "yaw", float),
                               ("Pitch", "pitch", float), ("Roll", "roll", float), ("Modes", "modes", str)):
         xyz.axis_options.append(xyz.AxisOption(f"[CapHuman] {label}", cast, setter(name, cast)))
 

@@ -82,3 +82,11 @@ def assert_pixels_close(actual: torch.Tensor, expected: torch.Tensor, atol: floa
     assert beyond <= allowed, f"{beyond} pixels differ by more than {atol:g} (allowed {allowed}); " \
                               f"max {per_pixel.max().item():.3g}"
     assert per_pixel.max().item() <= outlier_atol, f"a pixel differs by {per_pixel.max().item():.3g} > {outlier_atol:g}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def hash_cache_outside_the_checkout(tmp_path_factory):
+    """Model-file hashes are cached in the extension's models/ folder; tests keep theirs in a temporary one."""
+    from preprocessors.identity import weights
+
+    weights.HASHES = weights.HashCache(tmp_path_factory.mktemp("hashes") / "caphuman_hashes.json")

@@ -44,11 +44,13 @@ def webui(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
     _write_capface(folder / "caphuman_tiny.safetensors")
     saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
     fake = webui_sim.install_fake_webui(root)
+    undo_hijack = webui_sim.hijack_unet_cat()
     module = webui_sim.load_script_module()
     photo = Image.open(synthetic / "identity.png").convert("RGB")
     yield SimpleNamespace(script=module.Script(), module=module, fake=fake, photo=photo, folder=folder,
                           base=webui_sim.FakeSDModel(tiny_unet(seed=1), "base"),
                           other=webui_sim.FakeSDModel(tiny_unet(seed=5), "other"))
+    undo_hijack()
     for key in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
         del sys.modules[key]
     sys.modules.update(saved)
@@ -247,7 +249,7 @@ def test_incompatible_capface_stops_with_a_clear_message(webui, tmp_path):
     small = webui_sim.FakeSDModel(tiny_unet(seed=8, channel_mult=[1, 2, 2]), "small")
     webui_sim.CALL_LOG.clear()
     p = webui_sim.Processing(script=webui.script, script_args=(unit(webui),), base=small)
-    with pytest.raises(RuntimeError, match="does not fit the loaded checkpoint"):
+    with pytest.raises(RuntimeError, match="caphuman_tiny.safetensors: the CapFace .* does not fit the loaded"):
         webui_sim.process_images(p)
     assert not webui_sim.CALL_LOG  # stopped before any UNet call
     assert webui_sim.no_caphuman_hooks(small.model.diffusion_model)
@@ -280,24 +282,26 @@ def test_validation_error_stops_the_generation(webui):
     assert webui_sim.no_caphuman_hooks(webui.base.model.diffusion_model)
 
 
-def deep_shrink(unet, x, t, context):
-    """Kohya Deep Shrink: block 1's output halved, brought back before the matching output block."""
-    from ldm.modules.diffusionmodules.util import timestep_embedding
+class Shrink(torch.nn.Module):
+    """Kohya Deep Shrink (sd-webui-kohya-hiresfix): a block whose input is downscaled; the webui's cat hijack
+    brings the decoder's features back to each skip's size."""
 
-    emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
-    h, hs = x, []
-    for index, block in enumerate(unet.input_blocks):
-        h = block(h, emb, context)
-        if index == 1:
-            h = torch.nn.functional.interpolate(h, scale_factor=0.5, mode="bilinear")
-        hs.append(h)
-    h = unet.middle_block(h, emb, context)
-    for block in unet.output_blocks:
-        skip = hs.pop()
-        if h.shape[-2:] != skip.shape[-2:]:
-            h = torch.nn.functional.interpolate(h, size=skip.shape[-2:], mode="bilinear")
-        h = block(torch.cat([h, skip], dim=1), emb, context)
-    return unet.out(h)
+    def __init__(self, block, scale: float = 0.5) -> None:
+        super().__init__()
+        self.block, self.scale = block, scale
+
+    def forward(self, x, *args, **kwargs):
+        return self.block(torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="bicubic"), *args,
+                          **kwargs)
+
+
+def deep_shrink(unet, x, t, context):
+    original = unet.input_blocks[1]
+    unet.input_blocks[1] = Shrink(original)
+    try:
+        return unet(x, t, context=context)
+    finally:
+        unet.input_blocks[1] = original
 
 
 def test_deep_shrink_gets_resized_residuals(webui):
@@ -356,7 +360,8 @@ def identity_steps(monkeypatch) -> list[bool]:
 
 @pytest.mark.parametrize("fields, expected", [
     (dict(steps=10, karras=True), [False] * 3 + [True] * 7),
-    (dict(steps=10, init_latent=torch.zeros(1, 4, 16, 16), denoising_strength=0.5), [False] * 2 + [True] * 3),
+    # the webui runs t_enc + 1 = 6 of the 10 steps at denoise 0.5: 0/6 and 1/6 are below 0.3
+    (dict(steps=10, init_latent=torch.zeros(1, 4, 16, 16), denoising_strength=0.5), [False] * 2 + [True] * 4),
 ], ids=["karras-10-steps", "img2img-denoise-0.5"])
 def test_pose_only_phase_counts_the_steps_that_run(webui, monkeypatch, fields, expected):
     seen = identity_steps(monkeypatch)
@@ -431,3 +436,39 @@ def test_hook_is_on_only_while_sampling(webui):
     assert webui_sim.CALL_LOG and all(call.hooked for call in webui_sim.CALL_LOG)
     assert not any(isinstance(getattr(h, "__self__", None), UNetHook)
                    for h in webui.base.model.diffusion_model._forward_pre_hooks.values())
+
+
+def test_score_setting_writes_scores_and_adds_an_overlay(webui):
+    webui.fake.shared.opts.caphuman_score = True
+    try:
+        images, p = generate(webui, [{"enabled": False}, unit(webui)], steps=2)
+    finally:
+        webui.fake.shared.opts.caphuman_score = False
+    assert "CapHuman score 2" in p.extra_generation_params  # keyed like the unit, by its tab
+    assert len(p.processed.images) == len(images) + 1  # the overlay follows the images
+
+
+@pytest.mark.parametrize("kind", ["sd2-flag", "text-width"])
+def test_other_model_families_are_refused(webui, kind):
+    """An SD2 UNet has SD1.5's block widths: the webui's model flags and the cross-attention width tell."""
+    if kind == "sd2-flag":
+        model = webui_sim.FakeSDModel(tiny_unet(seed=1), "sd2")
+        model.is_sd1, model.is_sd2 = False, True
+        match = "SD1.x checkpoints only"
+    else:
+        model = webui_sim.FakeSDModel(tiny_unet(seed=1, context_dim=48), "wide")
+        match = "text context"
+    p = webui_sim.Processing(script=webui.script, script_args=(unit(webui),), base=model)
+    with pytest.raises(RuntimeError, match=match):
+        webui_sim.process_images(p)
+    assert webui_sim.no_caphuman_hooks(model.model.diffusion_model)
+
+
+def test_xyz_cells_sharing_one_infotext_dict_each_write_their_own(webui):
+    """The X/Y/Z plot copies p shallowly: every cell shares one extra_generation_params."""
+    shared_params: dict = {}
+    for strength in (0.5, 1.5):
+        p = webui_sim.Processing(script=webui.script, script_args=(unit(webui, strength=strength),),
+                                 base=webui.base, steps=2, extra_generation_params=shared_params)
+        webui_sim.process_images(p)
+        assert f"strength {strength:g};" in shared_params["CapHuman 1"]

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from preprocessors.head.assets import FLAME_SITE
 from preprocessors.identity import (
     IdentityEncoder,
     IdentityModelPaths,
@@ -218,20 +219,26 @@ def test_download_with_other_bytes_is_not_kept(tmp_path, monkeypatch):
     assert not list((tmp_path / "models").iterdir())  # neither the file nor a .part
 
 
-def test_unit_identity_from_a_checkpoint_without_clip_and_a_controlnet_copy(tmp_path, clip_model_state):
-    """Acceptance: a caphuman.ckpt without CLIP keys + clip_vitl.pth of sd-webui-controlnet -> identity tokens,
-    computed with the vision tower of that file."""
+@pytest.mark.parametrize("layout", ["sd-webui-controlnet", "Hugging Face cache"])
+def test_identity_from_a_checkpoint_without_clip(tmp_path, clip_model_state, layout):
+    """Acceptance: a caphuman.ckpt without CLIP keys, plus either sd-webui-controlnet's clip_vitl.pth or only a
+    Hugging Face cache -> identity tokens computed with that file's vision tower."""
     parity = shared_dir() / "parity"
     if not parity.is_dir():
         pytest.skip("reference data not found")
     models = run_shared_generator(parity, "make_synthetic_identity.py", tmp_path / "CapHuman")
     ckpt = models / "caphuman.ckpt"
     torch.save({"state_dict": capface_state()}, ckpt)
-    annotators = tmp_path / "downloads"
-    (annotators / "clip_vision").mkdir(parents=True)
-    torch.save(clip_model_state, annotators / "clip_vision" / "clip_vitl.pth")
+    annotators, caches = [], []
+    if layout == "sd-webui-controlnet":
+        annotators = [tmp_path / "downloads"]
+        (annotators[0] / "clip_vision").mkdir(parents=True)
+        torch.save(clip_model_state, annotators[0] / "clip_vision" / "clip_vitl.pth")
+    else:
+        caches = [tmp_path / "hub"]
+        hub_cache(caches[0], clip_model_state, "pytorch_model.bin")
     paths = IdentityModelPaths(clip_vision=ckpt, folders=[models], allow_download=False,
-                               annotator_dirs=[annotators], hub_caches=[])
+                               annotator_dirs=annotators, hub_caches=caches)
     identity = IdentityEncoder(paths).encode(Image.open(models / "identity.png"))
     expected = clip_tokens(build_clip_vision(vision_part(clip_model_state)), clip_pixel_values(identity.face_only))
     assert identity.clip_tokens.shape == (1, 257, 64)
@@ -308,3 +315,83 @@ def test_converted_file_keeps_the_tower_it_found(tmp_path, clip_model_state):
     assert found.where == "CapHuman file"
     assert_same_tower(read_clip_vision(found), vision_part(clip_model_state))
     assert not any(k.startswith("clip_vision.text_model") for k in load_file(out))
+
+
+# the status a user reads, and downloads of the free files -----------------------------------------------------
+def rows_by_name(rows):
+    return {row["name"]: row for row in rows}
+
+
+def test_status_of_an_empty_install_lists_every_file_with_source_and_licence(tmp_path):
+    from caphuman_ext.model_files import model_status, status_markdown
+
+    rows = rows_by_name(model_status([tmp_path], hub_caches=[]))
+    assert set(rows) == {"caphuman", "clip_vision", "face_parsing", "facenet", "generic_model",
+                         "landmark_embedding", "head_template", "FLAME_texture", "deca_model"}
+    assert all(row["status"] == "missing" and row["path"] is None for row in rows.values())
+    for name in ("clip_vision", "face_parsing", "facenet"):
+        model = weights.FREE_FILES[name]
+        assert rows[name]["downloadable"] and rows[name]["url"] == model.url
+        assert rows[name]["sha256"] == model.sha256 and rows[name]["size"] == model.size
+    for name in ("generic_model", "FLAME_texture"):
+        assert not rows[name]["downloadable"] and "flame.is.tue.mpg.de" in rows[name]["licence"]
+        assert "register" in rows[name]["licence"] and FLAME_SITE in rows[name]["note"]
+    assert "DECA" in rows["deca_model"]["licence"] and not rows["caphuman"]["downloadable"]
+    assert status_markdown(list(rows.values())).count("**missing**") == 9
+
+
+def test_status_reports_found_verified_and_differing_files_cheaply(tmp_path, monkeypatch, clip_model_state):
+    from caphuman_ext.model_files import model_status
+
+    parsing = tmp_path / "79999_iter.pth"
+    parsing.write_bytes(b"published bytes")
+    (tmp_path / "20180402-114759-vggface2.pt").write_bytes(b"a re-saved copy")
+    (tmp_path / "deca").mkdir()
+    (tmp_path / "deca" / "deca_model.tar").write_bytes(b"tar")
+    torch.save({"state_dict": capface_state()}, tmp_path / "caphuman.ckpt")
+    cache = tmp_path / "hub"
+    snapshot = hub_cache(cache, clip_model_state)
+    monkeypatch.setattr(weights, "FACE_PARSING", published_as(weights.FACE_PARSING, parsing))
+    reads = []
+    real = weights.sha256
+    monkeypatch.setattr(weights, "sha256", lambda p: reads.append(p) or real(p))
+
+    quick = rows_by_name(model_status([tmp_path], hub_caches=[cache]))
+    assert not reads  # nothing hashed without verify=True
+    assert quick["face_parsing"]["status"] == "found" and quick["face_parsing"]["verified"] is None
+    assert quick["caphuman"]["path"] == str(tmp_path / "caphuman.ckpt")
+    assert quick["clip_vision"]["where"] == "Hugging Face cache" and quick["clip_vision"]["path"] == str(snapshot)
+    assert quick["deca_model"]["status"] == "found" and quick["generic_model"]["status"] == "missing"
+
+    full = rows_by_name(model_status([tmp_path], hub_caches=[cache], verify=True))
+    assert full["face_parsing"]["verified"] is True and full["face_parsing"]["status"] == "found"
+    assert full["facenet"]["verified"] is False and full["facenet"]["status"] == "differs"
+    assert weights.FACENET_VGGFACE2.sha256 in full["facenet"]["note"]
+    assert full["clip_vision"]["verified"] is False  # a tiny file is not the published CLIP
+    hashed = len(reads)
+    model_status([tmp_path], hub_caches=[cache], verify=True)
+    assert len(reads) == hashed  # cached by path, size and mtime
+
+
+def test_download_of_free_files_only(tmp_path, monkeypatch):
+    from caphuman_ext.model_files import download
+
+    served = tmp_path / "served.pth"
+    served.write_bytes(b"parsing weights")
+    monkeypatch.setitem(weights.FREE_FILES, "face_parsing", published_as(weights.FACE_PARSING, served))
+    path = download("face_parsing", [tmp_path / "models"], progress=lambda done, total: None)
+    assert path.read_bytes() == b"parsing weights" and path.name == "79999_iter.pth"
+    assert download("face_parsing", [tmp_path / "models"]) == path  # already there and verified
+    with pytest.raises(ValueError, match="flame.is.tue.mpg.de"):
+        download("generic_model", [tmp_path / "models"])
+
+
+def test_panel_reports_a_failed_download_and_refreshes(tmp_path):
+    from caphuman_ext.model_files import model_status
+    from caphuman_ext.model_files_panel import download_and_report
+
+    def failing(name):
+        raise weights.ModelFileMissingError("offline")
+
+    message, table = download_and_report("facenet", lambda verify: model_status([tmp_path], hub_caches=[]), failing)
+    assert "20180402-114759-vggface2.pt: offline" in message and "**missing**" in table

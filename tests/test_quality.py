@@ -5,7 +5,8 @@ What random weights can and cannot show: FaceNet and E_flame are random, so thei
 their own. Similarity still ranks "same pixels" > "same photo, JPEG" > "another person" (checked below), and the
 head's PLACE follows the image (MTCNN is trained; DECA's crop follows its box). A random E_flame's pose code does not
 follow an in-plane rotation of the image (measured: 0.02° roll error after rotating the face by 25°), so the roll
-direction is checked on the target side (the roll slider) and on composed rotations, not by rotating the image.
+direction is checked on the target side (the roll slider), on composed rotations, and by turning the image once
+E_flame's pose rows are hand-set to a roll readout.
 """
 
 from __future__ import annotations
@@ -208,6 +209,53 @@ def test_roll_slider_moves_the_roll_error_only(scorer, astronaut):
     assert rolled.rotation["pitch_deg"] == pytest.approx(flat.rotation["pitch_deg"], abs=1e-3)
     for name in ("shape", "expression", "lighting", "jaw"):  # sliders without a pose photo keep the identity's
         assert flat.errors[name] == 0.0 and rolled.errors[name] == 0.0
+
+
+def test_turning_the_image_grows_the_roll_error_once_e_flame_reads_roll(scorer, astronaut):
+    """A random E_flame does not see rotations, so its pose output is hand-set: the pose rows of its last layer
+    become a least-squares readout of its own hidden features, fitted to the roll of this photo turned by -30..30°
+    (the real crop path, captured with a hook). Turning the image by held-out angles must then grow the roll error
+    through the whole chain (MTCNN box -> DECA crop -> E_flame -> axis-angle -> Euler), and leave yaw/pitch alone.
+    It shows the plumbing, not that a random encoder estimates roll."""
+    import copy
+
+    from caphuman_ext.unit.builder import UnitBuilder
+    from preprocessors.head.encoder import CODE_SIZES
+    from preprocessors.head.pipeline import HeadPipeline
+
+    shared = scorer.builder.head_pipeline(scorer.device)
+    encoder, flame, texture, renderer = shared.models()
+    encoder = copy.deepcopy(encoder)
+    head = HeadPipeline(shared.assets, device=scorer.device, deca_size=256)  # 256: a quarter of the detection cost
+    head._models = (encoder, flame, texture, renderer)  # the shared FLAME/texture/renderer, this encoder
+    small = astronaut.resize((256, 256), Image.BICUBIC)
+    turned = lambda angle: small.rotate(angle, resample=Image.BICUBIC, center=(112, 58))  # noqa: E731
+    hidden = []
+    hook = encoder.layers[1].register_forward_hook(lambda module, args, out: hidden.append(out.double()))
+    angles = (-30, -15, 0, 15, 30)
+    try:
+        for angle in angles:
+            head.photo_codes(turned(angle))
+    finally:
+        hook.remove()
+    features = torch.cat([torch.cat(hidden), torch.ones(len(angles), 1, dtype=torch.float64)], 1)
+    rolls = torch.cat([euler_to_axis_angle(0, 0, angle).double() for angle in angles])
+    readout = torch.linalg.solve(features.T @ features + 1e-3 * torch.eye(features.shape[1], dtype=torch.float64),
+                                 features.T @ rolls)
+    start = CODE_SIZES["shape"] + CODE_SIZES["tex"] + CODE_SIZES["exp"]
+    with torch.no_grad():
+        encoder.layers[2].weight[start: start + 3] = readout[:-1].T.float()
+        encoder.layers[2].bias[start: start + 3] = readout[-1].float()
+    head.cache.clear()
+    builder = UnitBuilder(scorer.builder.folders, allow_download=False)
+    builder.head = head
+    reading = Scorer(builder=builder, device=scorer.device)
+    errors = [reading.score(turned(angle), identity_head(small), overlay=False).faces[0]
+              for angle in (0, 8, 22)]
+    rolls_seen = [face.rotation["roll_deg"] for face in errors]
+    assert rolls_seen[0] == 0.0 and 0.0 < rolls_seen[1] < rolls_seen[2], rolls_seen
+    assert rolls_seen[2] > 5.0
+    assert all(face.rotation["yaw_deg"] < 0.5 and face.rotation["pitch_deg"] < 0.5 for face in errors)
 
 
 def test_another_person_scores_lower_than_the_same_photo(scorer, astronaut, cameraman):

@@ -55,7 +55,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._answer(500, {"error": "RuntimeError", "detail": "out of memory"})
             unit = payload["alwayson_scripts"]["CapHuman"]["args"][0]
             return self._answer(200, {"images": [unit["reference_images"][0]], "parameters": {}, "info": "{}"})
-        if self.path == "/caphuman/v1/score":
+        if self.path == "/caphuman/v1/score" and self.server.scorer is not None:
             try:
                 return self._answer(200, score_request(payload, self.server.scorer))
             except UnitValidationError as error:
@@ -91,7 +91,7 @@ def test_runner_generates_scores_resumes_and_retries(webui, inputs, tmp_path):
     out = tmp_path / "out"
     webui.failing = True
     first = run(RunConfig(api=webui.url, identities=identities, poses=poses, prompts=prompts, out=out, seeds=[7],
-                          steps=4, progress=False))
+                          steps=[4], progress=False))
     assert (first.generated, first.failed, first.skipped) == (2, 2, 0)
     assert len(webui.txt2img) == 4
     sent = webui.txt2img[0]
@@ -119,7 +119,7 @@ def test_runner_generates_scores_resumes_and_retries(webui, inputs, tmp_path):
         assert (out / own["image"]).is_file()
 
     again = run(RunConfig(api=webui.url, identities=identities, poses=poses, prompts=prompts, out=out,
-                          seeds=[7, 8], steps=4, limit=1, progress=False))
+                          seeds=[7, 8], steps=[4], limit=1, progress=False))
     assert (again.generated, again.skipped) == (1, 4) and len(webui.txt2img) == 7
     assert webui.txt2img[-1]["seed"] == 8
 
@@ -150,6 +150,23 @@ def test_unreachable_webui_is_one_clear_error(inputs, tmp_path, capsys):
     code = main(["--api", "http://127.0.0.1:9", "--identities", str(identities), "--poses", str(poses),
                  "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--no-progress"])
     assert code == 1 and "did not answer" in capsys.readouterr().err
+
+
+def test_a_missing_score_route_stops_the_run_with_advice(webui, inputs, tmp_path, capsys):
+    identities, poses, prompts = inputs
+    webui.scorer = None  # an extension without the score route: txt2img works, /caphuman/v1/score is 404
+    code = main(["--api", webui.url, "--identities", str(identities), "--poses", str(poses),
+                 "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 1 and "--score local" in capsys.readouterr().err and len(webui.txt2img) == 1
+
+
+def test_grid_crosses_every_compared_setting():
+    identities = [protocol.Identity("a", []), protocol.Identity("b", [])]
+    conditions = [protocol.Condition("c1"), protocol.Condition("c2")]
+    grid = list(protocol.jobs(identities, ["p1", "p2", "p3"], conditions, [0, 1], [0.8, 1.0], [0.0],
+                              ["Euler a", "DPM++ 2M"], [20]))
+    assert len(grid) == 2 * 3 * 2 * 2 * 2 * 2 and len({job.key for job in grid}) == len(grid)
+    assert len({job.image_name() for job in grid}) == len(grid)
 
 
 def test_protocol_inputs_are_checked_by_name(tmp_path, inputs):

@@ -61,6 +61,9 @@ class Script:
     def post_sample(self, p, ps, *args):
         pass
 
+    def postprocess_image(self, p, pp, *args):
+        pass
+
     def postprocess(self, p, processed, *args):
         pass
 
@@ -72,7 +75,15 @@ class PostSampleArgs:
 
 @dataclass
 class PostprocessImageArgs:
-    image: torch.Tensor
+    image: object  # a PIL image
+
+
+def latent_picture(latent: torch.Tensor):
+    """A PIL stand-in for the decoded image (no VAE here): three latent channels, 8× upscaled."""
+    from PIL import Image
+
+    rgb = ((latent[0, :3].clamp(-3, 3) + 3) / 6 * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(rgb).resize((latent.shape[-1] * OPT_F, latent.shape[-2] * OPT_F))
 
 
 CALLBACKS: dict[str, list] = {}
@@ -82,6 +93,34 @@ def _register(name):
     def register(function):
         CALLBACKS.setdefault(name, []).append(function)
     return register
+
+
+class TorchHijackForUnet:
+    """modules/sd_hijack_unet.py: the webui's UNet concatenates skips of another size by resizing `h` (latents that
+    are not multiples of 8 cells, e.g. hires ×1.3)."""
+
+    def __getattr__(self, item):
+        return getattr(torch, item)
+
+    def cat(self, tensors, *args, **kwargs):
+        if len(tensors) == 2:
+            a, b = tensors
+            if a.shape[-2:] != b.shape[-2:]:
+                a = F.interpolate(a, b.shape[-2:], mode="nearest")
+            tensors = (a, b)
+        return torch.cat(tensors, *args, **kwargs)
+
+
+def hijack_unet_cat():
+    """Apply the webui's UNet `th` hijack to ldm's openaimodel; returns the undo."""
+    from ldm.modules.diffusionmodules import openaimodel
+
+    original = openaimodel.th
+    openaimodel.th = TorchHijackForUnet()
+
+    def undo():
+        openaimodel.th = original
+    return undo
 
 
 def install_fake_webui(models_path: Path) -> types.SimpleNamespace:
@@ -383,7 +422,9 @@ class Processing:
             x = self.init_latent.expand(len(seeds), -1, -1, -1).clone()
             swallow(self.script.process_before_every_sampling, self, *self.script_args, x=x, noise=noise,
                     c=conditioning, uc=unconditional_conditioning)
-            return self.sampler.sample_img2img(self, x, torch.randn_like(x), conditioning, unconditional_conditioning)
+            noise = torch.cat([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(s))[None]
+                               for s in seeds])
+            return self.sampler.sample_img2img(self, x, noise, conditioning, unconditional_conditioning)
         swallow(self.script.process_before_every_sampling, self, *self.script_args, x=noise, noise=noise,
                 c=conditioning, uc=unconditional_conditioning)
         samples = self.sampler.sample(self, noise, conditioning, unconditional_conditioning)
@@ -432,8 +473,10 @@ def _process_images(p: Processing) -> list[torch.Tensor]:
             image = image[None]
             if p.postprocess_image_pass is not None:
                 image = p.postprocess_image_pass(p, image)
+            swallow(p.script.postprocess_image, p, PostprocessImageArgs(latent_picture(image)), *p.script_args)
             images.append(image)
-    swallow(p.script.postprocess, p, types.SimpleNamespace(images=images), *p.script_args)
+    p.processed = types.SimpleNamespace(images=list(images), infotexts=[""] * len(images))
+    swallow(p.script.postprocess, p, p.processed, *p.script_args)
     return images
 
 

@@ -33,12 +33,34 @@ def generation_of(p) -> Generation | None:
     return getattr(p, ATTRIBUTE, None)
 
 
-def sampled_unet(p):
-    """The UNet the webui samples now (`p.sd_model` follows `shared.sd_model`: refiner, hires checkpoint)."""
+def current_model(p):
+    """The model the webui samples now (`p.sd_model` follows `shared.sd_model`: refiner, hires checkpoint)."""
     from modules import shared
 
-    model = shared.sd_model if shared.sd_model is not None else p.sd_model
-    return model.model.diffusion_model
+    return shared.sd_model if shared.sd_model is not None else p.sd_model
+
+
+def sampled_unet(p):
+    return current_model(p).model.diffusion_model
+
+
+def check_model(model) -> None:
+    """CapFace was trained beside SD1.5: refuse the webui's other model families by its own flags (an SD2 UNet has
+    SD1.5's block widths, so shapes alone do not tell)."""
+    for flag, family in (("is_sdxl", "SDXL"), ("is_sd2", "SD2"), ("is_sd3", "SD3"), ("is_ssd", "SSD-1B")):
+        if getattr(model, flag, False):
+            raise CapHumanError(f"CapHuman works with SD1.x checkpoints only (SD1.5 and its fine-tunes); the loaded "
+                                f"model is {family}. Switch checkpoints or disable the CapHuman unit.")
+
+
+def check_unit(unet, unit: PreparedUnit) -> None:
+    """A readable error naming the CapHuman file when its CapFace cannot feed `unet`."""
+    from ..hook import IncompatibleUNetError, check_compatible
+
+    try:
+        check_compatible(unet, [unit.capface])
+    except IncompatibleUNetError as error:
+        raise CapHumanError(f"CapHuman: {unit.model_name or 'the CapHuman file'}: {error}") from error
 
 
 def enabled_units(args: Sequence, overrides: dict) -> list[tuple[int, UnitParams]]:
@@ -73,10 +95,10 @@ def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit],
         if not units:
             return None
         try:
+            check_model(current_model(p))
             prepared = [prepare(unit, position) for position, unit in units]
-            from ..hook import check_compatible
-
-            check_compatible(sampled_unet(p), [unit.capface for unit in prepared])
+            for unit in prepared:
+                check_unit(sampled_unet(p), unit)
         except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
             generation = Generation.failed(_message(error))
         else:
@@ -98,11 +120,20 @@ def _wrap_sample(p, generation: Generation, describe: Callable[[UnitParams], str
         finally:
             generation.detach()
             for unit, acted in zip(generation.units, generation.acted(), strict=True):
-                key = infotext_key(unit.position)
-                if acted and key not in p.extra_generation_params:
-                    p.extra_generation_params[key] = describe(unit.params)
+                if acted and unit.position not in generation.described:  # once per job (X/Y/Z cells share the dict)
+                    generation.described.add(unit.position)
+                    p.extra_generation_params[infotext_key(unit.position)] = describe(unit.params)
 
     p.sample = sample
+
+
+def follow_checks(p, generation: Generation, unet) -> None:
+    """Before the hook moves to another model (hires checkpoint, refiner): is it one CapFace can feed?"""
+    if generation.hook is not None and generation.hook.unet is unet:
+        return
+    check_model(current_model(p))
+    for unit in generation.units:
+        check_unit(unet, unit)
 
 
 def pass_frame(p, latent_hw: tuple[int, int]) -> Frame:
@@ -126,6 +157,7 @@ def before_sampling(p, latent: torch.Tensor) -> None:
         return
     unet = sampled_unet(p)
     try:
+        follow_checks(p, generation, unet)
         latent_hw = tuple(latent.shape[-2:])
         generation.attach(unet, pass_frame(p, latent_hw), latent_hw)
     except Exception as error:  # noqa: BLE001 - raised from the UNet's first call instead (the webui swallows it)
@@ -166,6 +198,7 @@ def on_cfg_denoiser(params) -> None:
         return
     unet = sampled_unet(p)
     try:
+        follow_checks(p, generation, unet)
         generation.follow(unet)
         generation.step(step_progress(params), step_rows(params))
     except Exception as error:  # noqa: BLE001 - raised from the UNet's next call instead (the webui swallows it)

@@ -29,6 +29,7 @@ class PreparedUnit:
     capface: CapFace
     context: torch.Tensor
     position: int = 0  # the unit's tab / API index (infotext key)
+    model_name: str = ""  # the CapHuman file it came from (for messages)
 
 
 # (unit params, canvas width, canvas height) -> hint (1, 9, H, W) of the whole canvas
@@ -70,6 +71,8 @@ class Generation:
         self.hook: UNetHook | None = None
         self._hints: dict[tuple, list[torch.Tensor]] = {}
         self._failure: torch.utils.hooks.RemovableHandle | None = None
+        self.extras: list = []  # images the host adds to the job's output (score overlays)
+        self.described: set[int] = set()  # unit positions whose infotext this job wrote
 
     @classmethod
     def failed(cls, message: str) -> Generation:

@@ -1,8 +1,8 @@
 """python -m caphuman_ext.quality --api URL --identities DIR --poses DIR --prompts FILE [options]
 
-Generates identities × prompts × head conditions × seeds × strengths × pose-only phases through a running webui's
-API (start it with --api) and writes OUT/scores.csv, OUT/summary.md and OUT/summary.png. Rerun the same command to
-resume: rows already in the CSV are skipped, failed ones retried.
+Generates identities × prompts × head conditions × seeds × strengths × pose-only phases × samplers × step counts
+through a running webui's API (started with --api) and writes OUT/scores.csv, OUT/summary.md and OUT/summary.png.
+Rerun the same command to resume: rows already in the CSV are skipped, failed ones retried.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, type=Path, help="text file, one prompt per line ('#' = comment)")
     p.add_argument("--out", type=Path, default=Path("caphuman_quality"), help="results folder (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fixed seeds (default: 0)")
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--steps", type=int, nargs="+", default=[25], help="one or more step counts to compare")
     p.add_argument("--strength", type=float, nargs="+", default=[1.0], help="one or more unit strengths to compare")
     p.add_argument("--pose-only", type=float, nargs="+", default=[0.0],
                    help="one or more pose-only phases (fraction of sampling with the identity off)")
@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--cfg-scale", type=float, default=7.5)
-    p.add_argument("--sampler", default=None, help="sampler name (default: the webui's)")
+    p.add_argument("--sampler", nargs="+", default=[""],
+                   help="one or more sampler names to compare, as the webui lists them (default: the webui's)")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--model", default="", help="CapHuman model name as the webui lists it (default: the first)")
     p.add_argument("--score", choices=("api", "local"), default="api",
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     config = RunConfig(api=args.api, identities=args.identities, poses=args.poses, prompts=args.prompts,
                        out=args.out, seeds=args.seeds, steps=args.steps, strengths=args.strength,
                        pose_only=args.pose_only, modes=modes, width=args.width, height=args.height,
-                       cfg_scale=args.cfg_scale, sampler=args.sampler, negative_prompt=args.negative_prompt,
+                       cfg_scale=args.cfg_scale, samplers=args.sampler, negative_prompt=args.negative_prompt,
                        model=args.model, scoring=args.score, models=args.models, auth=args.auth, limit=args.limit,
                        progress=not args.no_progress)
     try:

@@ -1,4 +1,5 @@
-"""The evaluation grid (HumanIPHC-style): identities × prompts × head conditions × seeds × strengths × pose-only.
+"""The evaluation grid (HumanIPHC-style): identities × prompts × head conditions × seeds, and the settings compared
+(strengths × pose-only phases × samplers × step counts).
 
 - identities: a folder; each image is one person (name = file stem), each subfolder one person with several photos.
 - head conditions: a folder; each image is a pose photo (name = file stem, copied per `modes`), each `.json` file a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -123,29 +125,30 @@ class Job:
     seed: int
     strength: float
     pose_only: float
+    sampler: str = ""  # "" = the webui's default
+    steps: int = 25
 
     @property
     def key(self) -> tuple[str, ...]:
         return (self.identity, str(self.prompt_index), self.condition, str(self.seed), f"{self.strength:g}",
-                f"{self.pose_only:g}")
+                f"{self.pose_only:g}", self.sampler, str(self.steps))
 
     def image_name(self) -> str:
         safe = [re.sub(r"[^A-Za-z0-9_.-]+", "_", part) for part in self.key]
         return "__".join(safe) + ".png"
 
 
-KEY_COLUMNS = ("identity", "prompt_index", "condition", "seed", "strength", "pose_only")
+KEY_COLUMNS = ("identity", "prompt_index", "condition", "seed", "strength", "pose_only", "sampler", "steps")
 
 
 def jobs(identities: list[Identity], prompts: list[str], conditions: list[Condition], seeds: list[int],
-         strengths: list[float], pose_only: list[float]) -> Iterator[Job]:
-    for identity in identities:
-        for index, prompt in enumerate(prompts):
-            for condition in conditions:
-                for seed in seeds:
-                    for strength in strengths:
-                        for tau in pose_only:
-                            yield Job(identity.name, index, prompt, condition.name, seed, strength, tau)
+         strengths: list[float], pose_only: list[float], samplers: list[str] = ("",),
+         steps: list[int] = (25,)) -> Iterator[Job]:
+    settings = list(itertools.product(strengths, pose_only, samplers, steps))
+    for identity, (index, prompt), condition, seed in itertools.product(identities, enumerate(prompts), conditions,
+                                                                        seeds):
+        for strength, tau, sampler, count in settings:
+            yield Job(identity.name, index, prompt, condition.name, seed, strength, tau, sampler, count)
 
 
 def unit_object(photos: list[str], condition: Condition, condition_photo: str | None, strength: float,

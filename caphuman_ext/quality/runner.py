@@ -23,14 +23,14 @@ class RunConfig:
     prompts: Path
     out: Path = Path("caphuman_quality")
     seeds: list[int] = field(default_factory=lambda: [0])
-    steps: int = 25
+    steps: list[int] = field(default_factory=lambda: [25])
     strengths: list[float] = field(default_factory=lambda: [1.0])
     pose_only: list[float] = field(default_factory=lambda: [0.0])
     modes: list[str] = field(default_factory=lambda: list(MODES))
     width: int = 512
     height: int = 512
     cfg_scale: float = 7.5
-    sampler: str | None = None
+    samplers: list[str] = field(default_factory=lambda: [""])  # "" = the webui's default sampler
     negative_prompt: str = ""
     model: str = ""
     scoring: str = "api"  # "api": POST /caphuman/v1/score; "local": the models in `models` folders, here
@@ -85,7 +85,8 @@ def run(config: RunConfig) -> RunResult:
     webui = Webui(config.api, config.auth)
     scorer = webui.score if config.scoring == "api" else _LocalScore(list(config.models))
 
-    grid = list(protocol.jobs(identities, prompts, conditions, config.seeds, config.strengths, config.pose_only))
+    grid = list(protocol.jobs(identities, prompts, conditions, config.seeds, config.strengths, config.pose_only,
+                              config.samplers, config.steps))
     todo = [job for job in grid if job.key not in done]
     skipped = len(grid) - len(todo)
     if config.limit is not None:
@@ -100,12 +101,11 @@ def run(config: RunConfig) -> RunResult:
         for job in todo:
             unit = protocol.unit_object(photos[job.identity], by_name[job.condition], pose_photos.get(job.condition),
                                         job.strength, job.pose_only, config.model)
-            row = dict(zip(protocol.KEY_COLUMNS, job.key), prompt=job.prompt, steps=config.steps,
-                       sampler=config.sampler or "", cfg_scale=config.cfg_scale, width=config.width,
-                       height=config.height)
+            row = dict(zip(protocol.KEY_COLUMNS, job.key), prompt=job.prompt, cfg_scale=config.cfg_scale,
+                       width=config.width, height=config.height)
             try:
-                image = webui.txt2img(txt2img_payload(job.prompt, unit, job.seed, config.steps, config.width,
-                                                      config.height, config.cfg_scale, config.sampler,
+                image = webui.txt2img(txt2img_payload(job.prompt, unit, job.seed, job.steps, config.width,
+                                                      config.height, config.cfg_scale, job.sampler or None,
                                                       config.negative_prompt))
                 name = Path("images") / job.image_name()
                 image.save(out / name)
@@ -114,7 +114,7 @@ def run(config: RunConfig) -> RunResult:
                 row.update(FaceScore.from_dict(answer["units"][0]).flat())
                 generated += 1
             except WebuiError as error:
-                if error.unreachable:
+                if error.fatal:
                     raise
                 row["error"], failed = str(error), failed + 1
             except (UnitValidationError, KeyError, IndexError, ValueError) as error:

@@ -91,16 +91,11 @@ class Scorer:
         faces = generated_faces(image, detector, facenet, head)
         targets = [target_head(self.builder, unit, image.width, image.height, self.device) for _, unit in scored]
         references = [self.reference(unit) for _, unit in scored]
-        similarities = np.array([[cosine_similarity(r, f.embedding) for f in faces] for r in references])
-        boxes = [landmark_box(t.landmarks) for t in targets]
-        costs = cost_matrix(similarities.reshape(len(scored), len(faces)),
-                            np.array([f.centre for f in faces]).reshape(-1, 2),
-                            np.array([b[0] for b in boxes]).reshape(-1, 2), np.array([b[1] for b in boxes]))
-        chosen = assign(costs)
+        similarities, chosen = match_faces(faces, targets, references)
         results = []
-        for row, ((index, _), target, match) in enumerate(zip(scored, targets, chosen)):
-            face = None if match is None else faces[match]
-            similarity = None if face is None else float(similarities[row, match])
+        for row, ((index, _), target, column) in enumerate(zip(scored, targets, chosen)):
+            face = None if column is None else faces[column]
+            similarity = None if face is None else float(similarities[row, column])
             results.append(face_score(index, face, similarity, target, len(faces)))
         picture = None
         if overlay:
@@ -108,6 +103,17 @@ class Scorer:
                                         [None if c is None else faces[c].landmarks for c in chosen],
                                         [None if c is None else faces[c].box for c in chosen])
         return ImageScore(results, image.width, image.height, picture)
+
+
+def match_faces(faces: list[GeneratedFace], targets: list[TargetHead],
+                references: list[torch.Tensor]) -> tuple[np.ndarray, list[int | None]]:
+    """(units × faces FaceNet similarities, the face each unit gets or None): see `matching`."""
+    similarities = np.array([[cosine_similarity(r, f.embedding) for f in faces] for r in references])
+    similarities = similarities.reshape(len(references), len(faces))
+    boxes = [landmark_box(t.landmarks) for t in targets]
+    costs = cost_matrix(similarities, np.array([f.centre for f in faces]).reshape(-1, 2),
+                        np.array([b[0] for b in boxes]).reshape(-1, 2), np.array([b[1] for b in boxes]))
+    return similarities, assign(costs)
 
 
 def face_score(unit: int, face: GeneratedFace | None, similarity: float | None, target: TargetHead,

@@ -14,7 +14,7 @@ PAPER = {"identity_similarity": 0.8429, "shape": 0.1132, "pose": 0.0564, "expres
 COLUMNS = (("identity_similarity", "ID sim ↑"), ("shape", "shape ↓"), ("pose", "pose ↓"), ("expression", "exp ↓"),
            ("lighting", "light ↓"), ("yaw_deg", "yaw° ↓"), ("pitch_deg", "pitch° ↓"), ("roll_deg", "roll° ↓"))
 GROUPS = (("condition", "head condition"), ("strength", "strength"), ("pose_only", "pose-only phase"),
-          ("identity", "identity"))
+          ("sampler", "sampler"), ("steps", "step count"), ("identity", "identity"))
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -38,7 +38,7 @@ def aggregate(rows: list[dict]) -> dict:
 def grouped(rows: list[dict], column: str) -> OrderedDict[str, dict]:
     groups: OrderedDict[str, list[dict]] = OrderedDict()
     for row in rows:
-        groups.setdefault(str(row[column]), []).append(row)
+        groups.setdefault(str(row.get(column, "")), []).append(row)
     return OrderedDict((name, aggregate(members)) for name, members in groups.items())
 
 

@@ -10,7 +10,7 @@ from .protocol import KEY_COLUMNS
 SCORE_COLUMNS = ("face_found", "head_fitted", "identity_similarity", "shape", "pose", "expression", "lighting",
                  "pose_global", "jaw", "yaw_deg", "pitch_deg", "roll_deg", "rotation_deg", "position_error",
                  "landmark_error")
-COLUMNS = (*KEY_COLUMNS, "prompt", "steps", "sampler", "cfg_scale", "width", "height", "image", *SCORE_COLUMNS,
+COLUMNS = (*KEY_COLUMNS, "prompt", "cfg_scale", "width", "height", "image", *SCORE_COLUMNS,
            "error")
 NUMERIC = ("identity_similarity", "shape", "pose", "expression", "lighting", "pose_global", "jaw", "yaw_deg",
            "pitch_deg", "roll_deg", "rotation_deg", "position_error", "landmark_error")

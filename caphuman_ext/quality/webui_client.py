@@ -15,9 +15,15 @@ from PIL import Image
 class WebuiError(RuntimeError):
     """The webui answered with an error (or not at all: `unreachable`); the message carries status and detail."""
 
-    def __init__(self, message: str, unreachable: bool = False) -> None:
+    def __init__(self, message: str, unreachable: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.status = status
+
+    @property
+    def fatal(self) -> bool:
+        """Every further request would fail the same way (no webui, no such route)."""
+        return self.unreachable or self.status in (401, 404)
 
 
 @dataclass
@@ -37,7 +43,10 @@ class Webui:
                 return json.loads(response.read().decode())
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:2000]
-            raise WebuiError(f"{route}: HTTP {error.code}: {detail}") from error
+            hint = {404: " (no such route: is the webui started with --api, and is the extension up to date? "
+                         "Without the score route, score here: --score local --models DIR)",
+                    401: " (the webui wants --auth user:password)"}.get(error.code, "")
+            raise WebuiError(f"{route}: HTTP {error.code}: {detail}{hint}", status=error.code) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise WebuiError(f"{route}: the webui at {self.url} did not answer ({error}); is it running with --api?",
                              unreachable=True) from error

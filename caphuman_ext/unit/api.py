@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 GENERATION_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 VERSION_PATH, MODELS_PATH, PREVIEW_PATH = "/caphuman/v1/version", "/caphuman/v1/models", "/caphuman/v1/preview"
+SCORE_PATH = "/caphuman/v1/score"
 
 PreviewFunction = Callable[[UnitParams, int, int], "dict[str, Any]"]
 
@@ -251,14 +252,23 @@ def _install_middleware(app, script_title: str, limits: ApiLimits, checks: _Loop
 
 
 def _install_routes(app, folders: Callable[[], list[Path]], preview: PreviewFunction, version: str,
-                    limits: ApiLimits, checks: _LoopSemaphores) -> None:
+                    limits: ApiLimits, checks: _LoopSemaphores,
+                    model_files: Callable[[bool], list[dict]] | None = None,
+                    score: Callable[[dict], dict] | None = None) -> None:
     renders = _LoopSemaphores(limits.concurrent_previews)
 
     async def version_route(request: Request) -> Response:
         return JSONResponse({"version": version})
 
+    def models_answer(verify: bool) -> dict:
+        answer = _models_answer(folders())
+        if model_files is not None:
+            answer["files"] = model_files(verify)
+        return answer
+
     async def models_route(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(lambda: _models_answer(folders())))
+        verify = request.query_params.get("verify", "").lower() in ("1", "true", "yes")
+        return JSONResponse(await run_in_threadpool(models_answer, verify))
 
     def validate_preview(body: bytes) -> tuple[UnitParams, int, int]:
         payload = parse_json(body)
@@ -271,15 +281,18 @@ def _install_routes(app, folders: Callable[[], list[Path]], preview: PreviewFunc
     def render(unit: UnitParams, width: int, height: int) -> dict:
         return {name: _encode_png(image) for name, image in preview(unit, width, height).items()}
 
+    async def read_limited_body(request: Request) -> bytes:
+        declared = _declared_length(request.scope)
+        if declared is not None and declared > limits.max_preview_body_bytes:
+            raise ApiError(413, ["body"], f"the body is over {limits.max_preview_body_bytes} bytes")
+        messages, complete = await _read_body(request.receive, limits.max_preview_body_bytes)
+        if not complete:
+            raise ApiError(413, ["body"], f"the body is over {limits.max_preview_body_bytes} bytes")
+        return b"".join(m.get("body", b"") for m in messages)
+
     async def preview_route(request: Request) -> Response:
         try:
-            declared = _declared_length(request.scope)
-            if declared is not None and declared > limits.max_preview_body_bytes:
-                raise ApiError(413, ["body"], f"the body is over {limits.max_preview_body_bytes} bytes")
-            messages, complete = await _read_body(request.receive, limits.max_preview_body_bytes)
-            if not complete:
-                raise ApiError(413, ["body"], f"the body is over {limits.max_preview_body_bytes} bytes")
-            body = b"".join(m.get("body", b"") for m in messages)
+            body = await read_limited_body(request)
             async with checks.get():
                 unit, width, height = await run_in_threadpool(validate_preview, body)
             async with renders.get():
@@ -290,19 +303,42 @@ def _install_routes(app, folders: Callable[[], list[Path]], preview: PreviewFunc
             return _error_response(error)
         return JSONResponse({"images": images})
 
-    paths = {VERSION_PATH, MODELS_PATH, PREVIEW_PATH}
+    def score_json(body: bytes) -> dict:
+        payload = parse_json(body)
+        if not isinstance(payload, dict):
+            raise ApiError(422, ["body"], f"expected a JSON object, got {describe(payload)}")
+        return score(payload)
+
+    async def score_route(request: Request) -> Response:
+        try:
+            body = await read_limited_body(request)
+            async with renders.get():  # one model-heavy request at a time, like previews
+                answer = await run_in_threadpool(score_json, body)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a readable answer
+            if not isinstance(error, (ApiError, UnitValidationError)):
+                logger.warning("CapHuman scoring failed: %s", error)
+            return _error_response(error)
+        return JSONResponse(answer)
+
+    paths = {VERSION_PATH, MODELS_PATH, PREVIEW_PATH, SCORE_PATH}
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in paths]
     add = getattr(app, "add_api_route", None) or app.add_route
     add(VERSION_PATH, version_route, methods=["GET"])
     add(MODELS_PATH, models_route, methods=["GET"])
     add(PREVIEW_PATH, preview_route, methods=["POST"])
+    if score is not None:
+        add(SCORE_PATH, score_route, methods=["POST"])
 
 
 def install_api(app, *, folders: Callable[[], list[Path]], preview: PreviewFunction, version: str,
-                script_title: str = "CapHuman", limits: ApiLimits = ApiLimits()) -> None:
+                script_title: str = "CapHuman", limits: ApiLimits = ApiLimits(),
+                model_files: Callable[[bool], list[dict]] | None = None,
+                score: Callable[[dict], dict] | None = None) -> None:
     """Install the payload guard and the routes on a Starlette/FastAPI `app`, before or after it started serving;
     installing again replaces both. `folders()` gives the model folders, `preview(unit, width, height)` the preview
-    images (name -> PIL image) and may raise UnitValidationError (-> 422) or any error (-> 400 with its message)."""
+    images (name -> PIL image) and may raise UnitValidationError (-> 422) or any error (-> 400 with its message);
+    `model_files(verify)` the model-files status listed by `GET /caphuman/v1/models` (`?verify=1` hashes files);
+    `score(payload)` answers `POST /caphuman/v1/score` (caphuman_ext.quality.api.score_request)."""
     checks = _LoopSemaphores(limits.concurrent_checks)
     _install_middleware(app, script_title, limits, checks)
-    _install_routes(app, folders, preview, version, limits, checks)
+    _install_routes(app, folders, preview, version, limits, checks, model_files, score)

@@ -42,8 +42,10 @@ def manual_head(unit: UnitParams) -> ManualHead:
 class UnitBuilder:
     """Holds the models between generations; `offload()` moves them to the CPU."""
 
-    def __init__(self, folders: list[Path], allow_download: bool = True, cache_size: int = 16) -> None:
+    def __init__(self, folders: list[Path], allow_download: bool = True, cache_size: int = 16,
+                 annotator_dirs: list[Path] | None = None) -> None:
         self.folders = folders
+        self.annotator_dirs = list(annotator_dirs or [])  # sd-webui-controlnet's folders (its CLIP ViT-L/14 copy)
         self.allow_download = allow_download
         self.cache_size = cache_size
         self.capfaces: dict[Path, CapFace] = {}
@@ -68,7 +70,8 @@ class UnitBuilder:
 
     def encoder(self, path: Path, device: torch.device) -> IdentityEncoder:
         if path not in self.encoders:
-            paths = IdentityModelPaths(clip_vision=path, folders=self.folders, allow_download=self.allow_download)
+            paths = IdentityModelPaths(clip_vision=path, folders=self.folders, allow_download=self.allow_download,
+                                       annotator_dirs=self.annotator_dirs)
             self.encoders[path] = IdentityEncoder(paths, device=device, cache_size=self.cache_size)
         return self.encoders[path]
 
@@ -96,7 +99,7 @@ class UnitBuilder:
         identity = self.encoder(path, device).encode(unit.reference_images, unit.face_index, unit.allow_whole_image)
         with torch.no_grad():
             context = capface.identity_context(identity.clip_tokens, identity.face_embedding)
-        return PreparedUnit(unit, capface, context.detach(), position)
+        return PreparedUnit(unit, capface, context.detach(), position, path.name)
 
     def build(self, unit: UnitParams, width: int, height: int, device: torch.device) -> BuiltUnit:
         """A unit as one control for a W×H picture (Python API; the webui renders per pass through `prepare`).

@@ -44,7 +44,7 @@ def _checked_model(model: dict, n_shape: int, n_exp: int, name: str) -> dict[str
     if any(not 0 <= parents[j] < j for j in range(1, joints)):
         raise HeadFileError(f"{name}: 'kintree_table' is not a tree in joint order")
     shapedirs = checked_array(name, "shapedirs", model["shapedirs"], (vertices, 3, None))
-    within(name, "blend shapes", shapedirs.shape[2], 300 + n_exp, MAX_BLEND_SHAPES)
+    within(name, "'shapedirs' blend shapes", shapedirs.shape[2], 300 + n_exp, MAX_BLEND_SHAPES)
     posedirs = checked_array(name, "posedirs", model["posedirs"], (vertices, 3, 9 * (joints - 1)))
     return {"v_template": v_template, "f": faces, "shapedirs": shapedirs, "posedirs": posedirs, "parents": parents,
             "J_regressor": checked_array(name, "J_regressor", model["J_regressor"], (joints, vertices)),

@@ -26,7 +26,7 @@ from .assets import HeadAssets
 from .codes import DEFAULT_MODES, apply_manual, mix_codes
 from .crop import box_from_landmarks, crop_face
 from .decode import decode
-from .detect import face_region
+from .detect import face_region, to_square
 from .encoder import DecaEncoder
 from .flame import Flame
 from .frames import SquareFrame, letterbox, place_photo, square_to_canvas
@@ -132,14 +132,18 @@ class HeadPipeline:
         """
         image, landmarks = upright(photo, landmarks)
         key = _photo_key(image, landmarks, face_index, allow_whole_image)
+        return self._codes(image, landmarks, face_index, allow_whole_image, name, key)
+
+    def _codes(self, image: Image.Image, landmarks: np.ndarray | None, face_index: int, allow_whole_image: bool,
+               name: str, key: str) -> PhotoCodes:
+        """`photo_codes` of an upright photo whose cache key is already known."""
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         square, frame = letterbox(image, self.deca_size)
         face_box = None
         if landmarks is not None:
-            points = (landmarks + np.array(frame.pad)) * self.deca_size / frame.side
-            region, method = box_from_landmarks(points), "landmarks"
+            region, method = box_from_landmarks(to_square(landmarks, frame)), "landmarks"
         else:
             region, method, face_box = face_region(image, square, frame, face_index, allow_whole_image, name=name)
         crop = crop_face(square, region)
@@ -160,24 +164,26 @@ class HeadPipeline:
         largest face poses it. allow_whole_image: a photo without a face is fitted whole (DECA's fallback).
         """
         identity_image, identity_landmarks = upright(identity_photo, identity_landmarks)
-        pose_image, pose_landmarks = (None, None) if pose_photo is None else upright(pose_photo, pose_landmarks)
-        key = (_photo_key(identity_image, identity_landmarks, face_index, allow_whole_image),
-               None if pose_image is None else _photo_key(pose_image, pose_landmarks, 0, allow_whole_image),
-               str(modes), width, height, resize_mode, repr(manual))
+        identity_key = _photo_key(identity_image, identity_landmarks, face_index, allow_whole_image)
+        pose_image = pose_key = None
+        if pose_photo is not None:
+            pose_image, pose_landmarks = upright(pose_photo, pose_landmarks)
+            pose_key = _photo_key(pose_image, pose_landmarks, 0, allow_whole_image)
+        key = (identity_key, pose_key, str(modes), width, height, resize_mode, repr(manual))
         cached = self.hints.get(key)
         if cached is not None:
             return cached
-        result = self._render(identity_image, pose_image, modes, width, height, resize_mode, manual,
-                              identity_landmarks, pose_landmarks, face_index, allow_whole_image)
-        return self.hints.put(key, result)
+        identity = self._codes(identity_image, identity_landmarks, face_index, allow_whole_image, "reference photo",
+                               identity_key)
+        pose = None if pose_image is None else self._codes(pose_image, pose_landmarks, 0, allow_whole_image,
+                                                           "pose photo", pose_key)
+        return self.hints.put(key, self._render(identity, pose, modes, width, height, resize_mode, manual))
 
-    def _render(self, identity_photo, pose_photo, modes, width, height, resize_mode, manual, identity_landmarks,
-                pose_landmarks, face_index, allow_whole_image) -> HeadHint:
+    def _render(self, identity: PhotoCodes, pose: PhotoCodes | None, modes, width, height, resize_mode,
+                manual) -> HeadHint:
         _, flame, texture, renderer = self.models()
-        identity = self.photo_codes(identity_photo, identity_landmarks, face_index, allow_whole_image)
         with torch.no_grad():
-            if pose_photo is not None:
-                pose = self.photo_codes(pose_photo, pose_landmarks, 0, allow_whole_image, name="pose photo")
+            if pose is not None:
                 code = mix_codes(identity.codes, pose.codes, modes)
                 frame = pose.frame if "position" in modes or modes == "all" else identity.frame
                 if manual is not None:

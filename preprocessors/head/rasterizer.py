@@ -4,6 +4,11 @@ as DECA uses them: one face per pixel, no blur, barycentrics in screen space (no
 Coordinates: x right and y down in [-1, 1] over the image (DECA's projected vertices); pixel (row i, column j) has
 its centre at x = (2j + 1) / W - 1, y = (2i + 1) / H - 1; the face with the smallest z wins; a pixel is covered
 when all three barycentrics are > 0; degenerate faces are skipped; back faces are kept.
+
+Work is bounded by the image, whatever the mesh: every face is tested against the pixel centres of its bounding box
+(clipped to the image), and the total of those pixel-face pairs is counted before any is evaluated; more than
+`PAIRS_PER_PIXEL` per pixel is refused (a head mesh needs 0.5-8: two surfaces, triangles covering about half their
+box). Non-finite vertices are refused too.
 """
 
 from __future__ import annotations
@@ -13,6 +18,16 @@ from dataclasses import dataclass
 import torch
 
 EPSILON = 1e-8  # pytorch3d's kEpsilon
+PAIRS_PER_PIXEL = 32
+
+
+class MeshTooComplexError(ValueError):
+    """The mesh would need more pixel-triangle tests than the image allows (a damaged or hostile mesh)."""
+
+
+def pair_budget(height: int, width: int) -> int:
+    """The most pixel-face pairs one image of this size may evaluate."""
+    return PAIRS_PER_PIXEL * height * width
 
 
 @dataclass
@@ -20,6 +35,7 @@ class Fragments:
     pix_to_face: torch.Tensor  # (B, H, W) long, -1 where empty
     bary: torch.Tensor  # (B, H, W, 3)
     zbuf: torch.Tensor  # (B, H, W), -1 where empty
+    pairs_evaluated: int = 0  # pixel-face pairs tested, over the batch (never above pair_budget per image)
 
 
 def _edge(px, py, ax, ay, bx, by):
@@ -27,7 +43,7 @@ def _edge(px, py, ax, ay, bx, by):
 
 
 def _rasterize_one(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
-                   max_pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   max_pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     device = verts.device
     corners = verts[faces]  # (F, 3, 3)
     # pixel-space extent of every face: columns j with centre inside [xmin, xmax]
@@ -43,11 +59,18 @@ def _rasterize_one(verts: torch.Tensor, faces: torch.Tensor, height: int, width:
     valid = (box_w > 0) & (box_h > 0) & (area.abs() > EPSILON) & (corners[..., 2].max(1).values >= 0)
     face_ids = torch.nonzero(valid).squeeze(1)
     counts = (box_w * box_h)[face_ids]
+    total = int(counts.sum().item()) if counts.numel() else 0
+    if total > pair_budget(height, width):
+        raise MeshTooComplexError(
+            f"the head mesh needs {total} pixel-triangle tests at {width}x{height}, more than the "
+            f"{pair_budget(height, width)} an image of that size allows ({PAIRS_PER_PIXEL} per pixel): "
+            "head_template.obj or the FLAME files are damaged")
+    evaluated = 0
     zbuf = torch.full((height * width,), float("inf"), device=device)
     best = torch.full((height * width,), -1, dtype=torch.long, device=device)
     bary = torch.zeros(height * width, 3, device=device)
     if face_ids.numel() == 0:
-        return best.view(height, width), bary.view(height, width, 3), zbuf.view(height, width)
+        return best.view(height, width), bary.view(height, width, 3), zbuf.view(height, width), 0
     # process faces in chunks whose candidate pixels fit in memory
     cumulative = torch.cumsum(counts, 0)
     start = 0
@@ -58,7 +81,9 @@ def _rasterize_one(verts: torch.Tensor, faces: torch.Tensor, height: int, width:
         ids, n = face_ids[start:stop], counts[start:stop]
         owner = torch.repeat_interleave(torch.arange(ids.numel(), device=device), n)
         offsets = torch.cumsum(n, 0) - n
-        local = torch.arange(int(n.sum().item()), device=device) - offsets[owner]
+        chunk = int(n.sum().item())
+        evaluated += chunk
+        local = torch.arange(chunk, device=device) - offsets[owner]
         face = ids[owner]
         col = x0[face] + local % box_w[face]
         row = y0[face] + torch.div(local, box_w[face], rounding_mode="floor")
@@ -88,14 +113,21 @@ def _rasterize_one(verts: torch.Tensor, faces: torch.Tensor, height: int, width:
         start = stop
     empty = best < 0
     zbuf[empty] = -1
-    return best.view(height, width), bary.view(height, width, 3), zbuf.view(height, width)
+    return best.view(height, width), bary.view(height, width, 3), zbuf.view(height, width), evaluated
 
 
 def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
               max_pairs: int = 4_000_000) -> Fragments:
-    """Rasterize (B, V, 3) vertices (x, y in [-1, 1], y down; z = depth, nearer is smaller) of one topology."""
+    """Rasterize (B, V, 3) vertices (x, y in [-1, 1], y down; z = depth, nearer is smaller) of one topology.
+
+    Raises ValueError for non-finite vertices and MeshTooComplexError past the image's pair budget."""
+    if not torch.isfinite(verts).all():
+        raise ValueError("the head mesh has NaN or infinite vertex coordinates (damaged model files or codes)")
+    if faces.numel() and (faces.min() < 0 or faces.max() >= verts.shape[1]):
+        raise ValueError(f"the mesh's faces index vertices outside 0..{verts.shape[1] - 1}")
     results = [_rasterize_one(v.float(), faces, height, width, max_pairs) for v in verts]
-    return Fragments(*(torch.stack(r) for r in zip(*results)))
+    maps = [torch.stack([r[i] for r in results]) for i in range(3)]
+    return Fragments(*maps, pairs_evaluated=sum(r[3] for r in results))
 
 
 def interpolate(fragments: Fragments, face_attributes: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,9 @@ class HeadRenderer(nn.Module):
         if vertices.shape[1] < self.vertices_needed:
             raise ValueError(f"head_template.obj indexes {self.vertices_needed} vertices; the FLAME mesh has "
                              f"{vertices.shape[1]}: the template does not belong to this FLAME model")
+        for name, value in (("vertices", vertices), ("albedo", albedo_uv), ("light", light)):
+            if not torch.isfinite(value).all():
+                raise ValueError(f"the head's {name} hold NaN or infinite values (damaged model files or codes)")
         normals = vertex_normals(vertices, self.faces)
         attributes = torch.cat([self.face_uv[None].expand(batch, -1, -1, -1), face_vertices(normals, self.faces)], -1)
         fragments = self.rasterize(projected, height, width)
