@@ -1,4 +1,5 @@
-"""Test-only webui extension: records which CapHuman hooks sit on the UNet being sampled, and runs an
+"""Test-only webui extension: records which CapHuman hooks sit on the UNet just sampled (after each step's model
+call), and runs an
 ADetailer-like second img2img pass from `postprocess_image` (a fixed input image, no scripts of its own).
 
 Enable per request with `"alwayson_scripts": {"caphuman probe": {"args": [true]}}`; read (and clear) the record with
@@ -40,16 +41,22 @@ def caphuman_hooks(unet: torch.nn.Module) -> list[str]:
     return found
 
 
-def _sampled_unet(params) -> torch.nn.Module:
-    inner = getattr(getattr(params.denoiser, "inner_model", None), "inner_model", None) or shared.sd_model
-    return inner.model.diffusion_model
+_DENOISER: dict = {}
 
 
 def _on_cfg_denoiser(params) -> None:
-    p = getattr(params.denoiser, "p", None)
+    """Remember the denoiser of this step; the UNet is inspected after its call (`on_cfg_denoised`), when every
+    extension's step callback (CapHuman moving its hook to a refiner's UNet included) has run."""
+    _DENOISER["now"] = params.denoiser
+
+
+def _on_cfg_denoised(params) -> None:
+    denoiser = _DENOISER.pop("now", None)
+    p = getattr(denoiser, "p", None)
     if p is None or not (getattr(p, "caphuman_probe", False) or getattr(p, "caphuman_probe_second_pass", False)):
         return
-    unet = _sampled_unet(params)
+    model = getattr(params.inner_model, "inner_model", None) or shared.sd_model  # k-diffusion wraps the model
+    unet = model.model.diffusion_model
     phase = "second_pass" if getattr(p, "caphuman_probe_second_pass", False) else \
         ("hires" if getattr(p, "is_hr_pass", False) else "first")
     record = {"phase": phase, "unet": id(unet), "checkpoint": getattr(shared.sd_model, "sd_checkpoint_info", None)
@@ -60,6 +67,7 @@ def _on_cfg_denoiser(params) -> None:
 
 
 script_callbacks.on_cfg_denoiser(_on_cfg_denoiser)
+script_callbacks.on_cfg_denoised(_on_cfg_denoised)
 
 
 def _fixed_image():
