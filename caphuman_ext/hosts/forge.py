@@ -248,8 +248,10 @@ def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit],
         if not units:
             return None
         try:
+            a1111.check_model(p.sd_model)
             prepared = [prepare(unit, position) for position, unit in units]
-            check_compatible(diffusion_model(p.sd_model.forge_objects.unet), [unit.capface for unit in prepared])
+            for unit in prepared:
+                a1111.check_unit(diffusion_model(p.sd_model.forge_objects.unet), unit)
         except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
             generation = Generation.failed(a1111._message(error))
         else:
