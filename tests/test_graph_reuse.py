@@ -135,3 +135,21 @@ def test_kept_graphs_never_serve_stale_inputs_cuda():
     captures = run_sequence("cuda", graphs, tolerance=2e-4)
     assert graphs.disabled_reason is None
     assert captures == [1, 1, 1, 1, 2, 3, 3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_module_equals_eager_and_hands_out_copies():
+    from caphuman_ext.graphed_module import GraphedModule
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 4, 1)).cuda()
+    graphed = GraphedModule(net)
+    a, b = torch.rand(1, 3, 32, 32, device="cuda"), torch.rand(1, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        first = graphed(a)
+        second = graphed(b)  # a replay: must not overwrite `first`
+        assert graphed.disabled_reason is None and len(graphed._graphs) == 1
+        assert torch.equal(first, net(a)) and torch.equal(second, net(b))
+        graphed.to(torch.float64).to(torch.float32)  # weights moved: graphs dropped, results still right
+        assert not graphed._graphs
+        assert torch.equal(graphed(a), net(a))
