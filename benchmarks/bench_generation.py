@@ -21,6 +21,8 @@ Variants (interleaved: A B C ... A B C ..., medians and quartiles):
   one-before   one unit, graphs captured again each generation with `torch.cuda.graph` (the code before issue 11)
   two          two units (same CapFace, two identities), as shipped
   two-before   two units, graphs per generation (before)
+  two-separate two units as shipped but on two CapFace objects sharing weights: two passes instead of one stacked
+               pass (how two units ran before they were stacked)
   reference    one unit the reference way: every CFG row, identity projections and hint encoder every step, no
                graphs, no side stream
 
@@ -31,6 +33,7 @@ Variants (interleaved: A B C ... A B C ..., medians and quartiles):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -236,16 +239,20 @@ class Scene:
     def params(self, strength: float = 1.0):
         return SimpleNamespace(strength=strength, start=0.0, end=1.0, pose_only=0.0)
 
-    def prepared(self, count: int) -> list[PreparedUnit]:
-        """`UnitBuilder.prepare` with the identity cache warm: the identity context from cached encodings."""
+    def prepared(self, count: int, separate: bool = False) -> list[PreparedUnit]:
+        """`UnitBuilder.prepare` with the identity cache warm: the identity context from cached encodings.
+        separate: the second unit on another CapFace object with the same weights (not stacked with the first)."""
         units = []
         for position in range(count):
+            capface = self.capface
+            if separate and position == 1:
+                capface = self.twin = getattr(self, "twin", None) or copy.copy(self.capface)
             clip, face, _ = self.identities[position]
             with torch.no_grad():
                 context = self.capface.identity_context(clip, face)
             params = self.params()
             params.identity = position
-            units.append(PreparedUnit(params, self.capface, context, position))
+            units.append(PreparedUnit(params, capface, context, position))
         return units
 
     def render(self, params, width: int, height: int) -> torch.Tensor:
@@ -267,7 +274,7 @@ def generation(scene: Scene, variant: str, sampler: str, steps: int = 20, seed: 
     gen = None
     if variant != "plain":
         count = 2 if variant.startswith("two") else 1
-        units = scene.prepared(count)
+        units = scene.prepared(count, separate=variant == "two-separate")
         if variant == "reference":
             inputs = [(scene.render(u.params, scene.size, scene.size), *scene.identities[u.position][:2])
                       for u in units]

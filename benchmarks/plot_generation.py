@@ -25,12 +25,12 @@ def main() -> None:
     for path in args.results:
         data = json.loads(Path(path).read_text())
         for row in data["results"]:
-            panels.append((data["info"]["device"], row))
+            panels.append((Path(path).stem, data["info"]["device"], row))
     groups = {}
-    for device, row in panels:
-        groups.setdefault((device, row["dtype"], row["sampler"]), []).append(row)
+    for name, device, row in panels:
+        groups.setdefault((name, device, row["dtype"], row["sampler"]), []).append(row)
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.2), squeeze=False)
-    for ax, ((device, dtype, sampler), rows) in zip(axes[0], groups.items(), strict=True):
+    for ax, ((name, device, dtype, sampler), rows) in zip(axes[0], groups.items(), strict=True):
         variants = [v for v in rows[0]["overhead"] if v != "plain"]
         width = 0.8 / len(variants)
         for index, variant in enumerate(variants):
@@ -47,7 +47,7 @@ def main() -> None:
         ax.set_xticks(range(len(rows)), [f"{r['size']}², batch {r['batch']}" for r in rows])
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_ylabel("whole generation vs plain (%)")
-        ax.set_title(f"{device}, {dtype}, {sampler}, 20 steps", fontsize=9)
+        ax.set_title(f"{name}: {device}, {dtype}, {sampler}, 20 steps", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .control import CapFaceControl, weights_key
+from .control import CapFaceControl, summed_residuals, weights_key
 from .graphs import GraphCache
 
 if TYPE_CHECKING:
@@ -261,11 +261,8 @@ class UNetHook:
                     inputs: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
             x_rows = x if reps is None else x.index_select(0, reps)
             t_rows = timesteps if reps is None else timesteps.index_select(0, reps)
-            total: list[torch.Tensor] | None = None
-            for index, control in enumerate(active):
-                own = None if inputs is None else list(inputs[bounds[index]:bounds[index + 1]])
-                outs = control.residuals(x_rows, t_rows, reps, own)
-                total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
+            own = None if inputs is None else [list(inputs[bounds[i]:bounds[i + 1]]) for i in range(len(active))]
+            total = summed_residuals(active, x_rows, t_rows, reps, own)
             if inverse is not None:
                 total = [r.index_select(0, inverse) for r in total]
             return total
