@@ -426,6 +426,26 @@ def check_equal(scene: Scene, sampler: str) -> dict:
             "captures_shared": shared_graphs().captures}
 
 
+def graph_memory(dtype: torch.dtype, configs=((512, 1), (512, 4), (768, 1), (768, 4))) -> dict:
+    """GPU memory the kept graphs hold between generations after one generation with a unit at each config (the
+    allocator's reserved bytes, its cache emptied before each reading, as the webui's `torch_gc` does)."""
+    unet, capface = sd15_unet(dtype=dtype), sd15_capface(dtype=dtype)
+    device = torch.device("cuda")
+    result = {}
+    release_shared_graphs()
+    torch_gc()
+    base = torch.cuda.memory_reserved()
+    for size, batch in configs:
+        generation(Scene(unet, capface, size, batch, dtype, device), "one", "dpmpp_2m_karras")
+        torch_gc()
+        result[f"after_{size}x{batch}_gb"] = (torch.cuda.memory_reserved() - base) / 2**30
+    result["graphs"] = len(shared_graphs().calls)
+    release_shared_graphs()
+    torch_gc()
+    result["after_release_gb"] = (torch.cuda.memory_reserved() - base) / 2**30
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="512,768")
@@ -439,6 +459,7 @@ def main() -> None:
     parser.add_argument("--quick-reps", type=int, default=5)
     parser.add_argument("--phases", action="store_true", help="also profile the phases of one generation")
     parser.add_argument("--configs", help="only these size x batch pairs, e.g. 512x1,768x1")
+    parser.add_argument("--graph-memory", action="store_true", help="only measure what kept graphs hold")
     parser.add_argument("--json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -448,6 +469,12 @@ def main() -> None:
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "steps": 20, "cfg": CFG_SCALE, "reps": args.reps, "quick_reps": args.quick_reps}
     out = {"info": info, "results": []}
+    if args.graph_memory:
+        out["graph_memory"] = graph_memory(DTYPES[args.dtypes.split(",")[0]])
+        print(json.dumps(out), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return
     dtypes, samplers = args.dtypes.split(","), args.samplers.split(",")
     for dtype_name in dtypes:
         dtype = DTYPES[dtype_name]

@@ -126,7 +126,7 @@ class GraphCache:
         self.disabled_reason = None
 
 
-_SHARED = GraphCache(max_graphs=6)
+_SHARED = GraphCache(max_graphs=4)  # a size and its hires pass, each with and without the pose-only phase
 
 
 def shared_graphs() -> GraphCache:
