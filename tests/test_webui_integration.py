@@ -505,3 +505,18 @@ def test_sd2_checkpoint_gets_a_clear_message(photo):
     status, body = call("/sdapi/v1/txt2img", with_scripts(payload, [unit]))
     assert status >= 400 and "SD1" in json.dumps(body), body
     assert np.array_equal(generate("txt2img", with_scripts(payload))[0][0], plain[0])
+
+
+@pytest.mark.skipif(not os.environ.get("CAPHUMAN_WEBUI_RELOAD"), reason="reloads the UI: set CAPHUMAN_WEBUI_RELOAD=1")
+def test_routes_survive_reload_ui_with_a_poller():
+    """Settings' "Reload UI" rebuilds the app in-process while a client polls every 0.5 s (as the webui's page does):
+    the extension's routes and its 422 answers are there afterwards. Runs last: it reloads the UI."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "webui-testing" / "reload_race.py"
+    spec = importlib.util.spec_from_file_location("reload_race", path)
+    race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(race)
+    result = race.one_round()
+    assert result["version_after"] == 200 and result["bad_strength_after"] == 422, result
