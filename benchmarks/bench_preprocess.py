@@ -177,6 +177,76 @@ def bench_identity(device: str, iters: int) -> dict:
     return result
 
 
+def bench_graphed(device: str, iters: int) -> dict:
+    """The launch-bound networks eager vs replayed as CUDA graphs (`caphuman_ext.graphed_module.GraphedModule`),
+    through the preprocessors' own call sites; max |difference| of the outputs (graphs replay the same kernels)."""
+    from PIL import Image
+
+    from caphuman_ext.graphed_module import GraphedModule
+
+    result = {}
+    rs = np.random.RandomState(7)
+
+    def compare(name, model, call):
+        graphed = GraphedModule(model)
+        eager_out, graphed_out = call(model), call(graphed)
+        graphed_out = call(graphed)  # a replay (the first call captured)
+        result[f"{name}_eager_ms"] = timed(lambda: call(model), device, iters)
+        result[f"{name}_graphed_ms"] = timed(lambda: call(graphed), device, iters)
+        a = torch.as_tensor(np.asarray(eager_out)) if not isinstance(eager_out, torch.Tensor) else eager_out
+        b = torch.as_tensor(np.asarray(graphed_out)) if not isinstance(graphed_out, torch.Tensor) else graphed_out
+        result[f"{name}_max_abs_diff"] = float((a.double() - b.double()).abs().max())
+        result[f"{name}_disabled"] = graphed.disabled_reason
+
+    try:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        from preprocessors.identity.clip_vision import clip_tokens
+
+        config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=224, patch_size=14, hidden_act="quick_gelu")
+        clip = CLIPVisionModel(config).to(device, torch.float16).eval()
+        pixels = torch.from_numpy(rs.randn(1, 3, 224, 224).astype(np.float32))
+        compare("clip", clip, lambda m: clip_tokens(m, pixels))
+        clip = None
+    except Exception as error:  # noqa: BLE001
+        result["clip_error"] = f"{type(error).__name__}: {error}"
+    try:
+        from facexlib.parsing.bisenet import BiSeNet
+
+        from preprocessors.identity.face_parsing import parse_face
+
+        parser = BiSeNet(num_class=19).to(device).eval()
+        image = Image.fromarray((rs.rand(512, 512, 3) * 255).astype(np.uint8))
+        compare("parse", parser, lambda m: parse_face(m, image))
+    except Exception as error:  # noqa: BLE001
+        result["parse_error"] = f"{type(error).__name__}: {error}"
+    try:
+        from facenet_pytorch import InceptionResnetV1
+
+        from preprocessors.identity.facenet import face_embedding
+
+        facenet = InceptionResnetV1(pretrained=None, classify=False).to(device).eval()
+        crop = torch.rand(3, 160, 160)
+        compare("facenet", facenet, lambda m: face_embedding(m, crop))
+    except Exception as error:  # noqa: BLE001
+        result["facenet_error"] = f"{type(error).__name__}: {error}"
+    try:
+        from preprocessors.head.encoder import DecaEncoder, split_codes
+
+        encoder = DecaEncoder().to(device).eval()
+        images = torch.rand(1, 3, 224, 224, device=device)
+
+        def encode(m):
+            with torch.no_grad():
+                return split_codes(m(images))["raw"]
+
+        compare("deca_encoder", encoder, encode)
+    except Exception as error:  # noqa: BLE001
+        result["deca_error"] = f"{type(error).__name__}: {error}"
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -187,6 +257,8 @@ def main() -> None:
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     out = {"info": info, "head": bench_head(args.device, args.iters), "identity": bench_identity(args.device,
                                                                                                 args.iters)}
+    if args.device == "cuda":
+        out["graphed"] = bench_graphed(args.device, args.iters)
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from .capface import CapFace
+from .graphs import version_of as _version_of
+
+
+def version_of(tensor: torch.Tensor) -> int | None:
+    """A tensor's in-place modification counter, None when it has none (inference tensors)."""
+    version = _version_of(tensor)
+    return version if isinstance(version, int) else None
 
 
 def hard_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -46,7 +54,7 @@ class CapFaceControl:
                  drop_identity_above_t: float = 0.0) -> None:
         self.capface = capface
         self._hint_cache: _HintCache | None = None
-        self._generation = 0  # bumped whenever hint or context is replaced (captured graphs depend on them)
+        self._context_cache: tuple | None = None  # (source, its version, dtype, converted)
         self.hint = hint
         self.context = context
         self.strength = float(strength)
@@ -63,7 +71,6 @@ class CapFaceControl:
     def hint(self, value: torch.Tensor) -> None:
         self._hint = value
         self._hint_cache = None
-        self._generation += 1
 
     @property
     def context(self) -> torch.Tensor:
@@ -73,7 +80,7 @@ class CapFaceControl:
     def context(self, value: torch.Tensor) -> None:
         if getattr(self, "_context", None) is not value:
             self._context = value
-            self._generation += 1
+            self._context_cache = None
 
     @property
     def enabled(self) -> bool:
@@ -85,23 +92,39 @@ class CapFaceControl:
 
         Assign a new tensor to `hint` (or modify it in place) and they are computed again.
         """
-        key = (self.hint._version, device, dtype)
+        key = (version_of(self.hint), device, dtype)
         cache = self._hint_cache
-        if cache is None or cache.key != key:
+        if cache is None or cache.key != key or key[0] is None:
             with torch.no_grad():
                 features, mask = self.capface.hint_features(self.hint.to(device, dtype))
             cache = self._hint_cache = _HintCache(key, features, mask)
         return cache
 
-    def prepare(self, latent: torch.Tensor) -> None:
-        """Compute the per-hint tensors now (hint features, hard masks at every level of this latent size), so that
-        a CUDA graph capture only records per-step work."""
-        cache = self._hint_state(latent.device, self.capface.dtype)
+    def prepare(self, latent: torch.Tensor) -> list[torch.Tensor]:
+        """Compute the per-hint tensors now (hint features, hard masks at every level of this latent size, the
+        context on the device in CapFace's dtype), so that a CUDA graph capture only records per-step work.
+
+        Returns them as the inputs a captured pass reads: `[features, context, mask per level...]`.
+        """
+        dtype = self.capface.dtype
+        cache = self._hint_state(latent.device, dtype)
         height, width = latent.shape[-2:]
+        masks = []
         for _ in range(len(self.capface.config.channel_mult)):
-            cache.hard_mask((height, width))
+            masks.append(cache.hard_mask((height, width)))
             height, width = (height + 1) // 2, (width + 1) // 2
-        self.context = self.context.to(latent.device)
+        return [cache.features, self._context_on(latent.device, dtype), *masks]
+
+    def _context_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The context on `device` in `dtype`, converted once per context (and per in-place change of it)."""
+        if self._context.device != device:
+            self.context = self._context.to(device)
+        source, version = self._context, version_of(self._context)
+        cached = self._context_cache
+        if cached is None or cached[0] is not source or cached[1] != version or version is None \
+                or cached[2] != dtype:
+            cached = self._context_cache = (source, version, dtype, source.to(dtype))
+        return cached[3]
 
     def check_latent(self, latent: torch.Tensor) -> None:
         """Raise a readable error when the UNet samples a latent this control's hint was not made for (a tiled
@@ -113,16 +136,18 @@ class CapFaceControl:
                 f"{expected} (hint {tuple(self.hint.shape[-2:])} pixels). Tiled sampling (Tiled Diffusion / "
                 "MultiDiffusion) or another extension changed the latent size: disable it or the CapHuman unit.")
 
-    def graph_key(self) -> tuple:
-        """What a captured CapFace pass of this control depends on besides shapes."""
-        return (id(self), id(self.capface), self.strength, self.drop_identity_above_t, self.identity_on,
-                self._generation,
-                self._hint_cache.key if self._hint_cache else None, self.context._version)
+    def graph_key(self, weights: Hashable = None) -> tuple:
+        """What a captured CapFace pass of this control has baked in besides shapes and its static inputs (the
+        tensors `prepare` returns): CapFace's weights (`weights`: their addresses, see `weights_key`), strength,
+        tau and the pose-only phase. Hint, masks and context are not part of it: a graph copies them in."""
+        return (weights if weights is not None else id(self.capface), self.strength, self.drop_identity_above_t,
+                self.identity_on)
 
-    def identity(self, timesteps: torch.Tensor, dtype: torch.dtype,
-                 rows: torch.Tensor | None = None) -> torch.Tensor:
+    def identity(self, timesteps: torch.Tensor, dtype: torch.dtype, rows: torch.Tensor | None = None,
+                 context: torch.Tensor | None = None) -> torch.Tensor:
         """Identity context per row, zeroed where t > tau (the reference's `drop_control_cond_t`)."""
-        context = _rows(self.context.to(timesteps.device, dtype), rows, timesteps.shape[0])
+        context = self.context if context is None else context
+        context = _rows(context.to(timesteps.device, dtype), rows, timesteps.shape[0])
         if not self.identity_on:
             return torch.zeros_like(context)
         if self.drop_identity_above_t == 0.0:
@@ -130,27 +155,82 @@ class CapFaceControl:
         keep = (timesteps <= self.drop_identity_above_t).to(dtype)[:, None, None]
         return context * keep
 
-    def residuals(self, x: torch.Tensor, timesteps: torch.Tensor,
-                  rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, rows: torch.Tensor | None = None,
+                  inputs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """The 13 residuals for latent rows `x`, scaled by strength and multiplied by the hard head mask.
 
         rows: which rows of a per-row hint/context belong to `x` (None: all of them, in order).
+        inputs: the tensors `prepare` returned (or copies of them: a captured graph's static buffers), read
+        instead of this control's own state.
         """
+        features, context, masks = self.conditioning(x, timesteps, rows, inputs)
+        return self.finish(self.capface.residuals(x, timesteps, context, features), masks, rows, x.shape[0])
+
+    def conditioning(self, x: torch.Tensor, timesteps: torch.Tensor, rows: torch.Tensor | None = None,
+                     inputs: list[torch.Tensor] | None = None):
+        """(hint features per row, identity context per row, mask lookup by size) for latent rows `x`."""
         dtype = self.capface.dtype
-        cache = self._hint_state(x.device, dtype)
-        features = _rows(cache.features, rows, x.shape[0])
-        context = self.identity(timesteps, dtype, rows)
+        if inputs is None:
+            cache = self._hint_state(x.device, dtype)
+            features, context, masks = cache.features, None, cache.hard_mask
+        else:
+            features, context, levels = inputs[0], inputs[1], inputs[2:]
+            by_size = {tuple(mask.shape[-2:]): mask for mask in levels}
+
+            def masks(size: tuple[int, int]) -> torch.Tensor:
+                return by_size[size]
+        features = _rows(features, rows, x.shape[0])
+        context = self.identity(timesteps, dtype, rows, context)
         if tuple(features.shape[-2:]) != tuple(x.shape[-2:]):
             raise ValueError(f"CapHuman hint is {tuple(self.hint.shape[-2:])} pixels but the latent is "
                              f"{tuple(x.shape[-2:])}: render the hint at 8x the latent size")
-        outs = self.capface.residuals(x, timesteps, context, features)
+        return features, context, masks
+
+    def finish(self, outs: list[torch.Tensor], masks, rows: torch.Tensor | None, count: int) -> list[torch.Tensor]:
+        """Raw CapFace outputs scaled by strength and multiplied by the hard head mask."""
         masked = []
         for out in outs:
             if self.strength != 1.0:
                 out = out * self.strength
-            mask = _rows(cache.hard_mask(tuple(out.shape[-2:])), rows, x.shape[0])
+            mask = _rows(masks(tuple(out.shape[-2:])), rows, count)
             masked.append(out * mask)
         return masked
+
+
+def summed_residuals(controls: list[CapFaceControl], x: torch.Tensor, timesteps: torch.Tensor,
+                     rows: torch.Tensor | None = None,
+                     inputs: list[list[torch.Tensor] | None] | None = None) -> list[torch.Tensor]:
+    """The sum of several controls' residuals. Controls on the same CapFace run as ONE pass over their rows stacked
+    (rows are independent in CapFace), so two units cost one wider pass instead of two narrow ones."""
+    inputs = inputs if inputs is not None else [None] * len(controls)
+    groups: dict[int, list[int]] = {}
+    for index, control in enumerate(controls):
+        groups.setdefault(id(control.capface), []).append(index)
+    total: list[torch.Tensor] | None = None
+    count = x.shape[0]
+    for members in groups.values():
+        if len(members) == 1:
+            index = members[0]
+            outs = controls[index].residuals(x, timesteps, rows, inputs[index])
+        else:
+            parts = [controls[i].conditioning(x, timesteps, rows, inputs[i]) for i in members]
+            capface = controls[members[0]].capface
+            stacked = capface.residuals(x.repeat(len(members), *([1] * (x.dim() - 1))),
+                                        timesteps.repeat(len(members)), torch.cat([p[1] for p in parts]),
+                                        torch.cat([p[0] for p in parts]))
+            outs = None
+            for slot, (i, part) in enumerate(zip(members, parts, strict=True)):
+                own = controls[i].finish([out[slot * count:(slot + 1) * count] for out in stacked], part[2], rows,
+                                         count)
+                outs = own if outs is None else [a + b for a, b in zip(outs, own, strict=True)]
+        total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
+    return total
+
+
+def weights_key(module: torch.nn.Module) -> tuple:
+    """The addresses of a module's weights: a captured graph read them there, so it is valid while they stay."""
+    return (id(module), *(tensor.data_ptr() for tensor in module.parameters()),
+            *(tensor.data_ptr() for tensor in module.buffers()))
 
 
 def _rows(tensor: torch.Tensor, rows: torch.Tensor | None, count: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .control import CapFaceControl
+from .control import CapFaceControl, summed_residuals, weights_key
 from .graphs import GraphCache
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FLOAT8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
                                                          "float8_e5m2fnuz") if hasattr(torch, name))
+
+
+_INDEX_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (row sources, device) -> gather indices
+_INDEX_CACHE_SIZE = 64
 
 
 class IncompatibleUNetError(ValueError):
@@ -123,12 +127,15 @@ class UNetHook:
     row_plan: optional `RowPlan` of the current sampling step, set by the host adapter each step; it replaces
     `row_sources`: each UNet call takes its rows from it, and calls of one step share CapFace work.
     cuda_graphs: on CUDA, capture the CapFace pass once per shape/layout and replay it each step.
+    graphs: the `GraphCache` to use instead of one of its own (`graphs.shared_graphs()`: kept across hooks, so a
+    later generation replays what an earlier one captured); not cleared by `remove()`.
     overlap: on CUDA, run the CapFace pass on a side stream, concurrently with the UNet's input blocks (its
     residuals are first needed after the middle block).
     """
 
     def __init__(self, unet: nn.Module, controls: Sequence[CapFaceControl],
-                 row_sources: Sequence[int] | None = None, cuda_graphs: bool = True, overlap: bool = True) -> None:
+                 row_sources: Sequence[int] | None = None, cuda_graphs: bool = True, overlap: bool = True,
+                 graphs: GraphCache | None = None) -> None:
         check_compatible(unet, controls)
         self.unet = unet
         self.controls = list(controls)
@@ -141,9 +148,10 @@ class UNetHook:
         self._active: list[CapFaceControl] = []
         self._step_result: tuple[RowPlan, tuple[int, ...], list[torch.Tensor]] | None = None
         self._warned: set[str] = set()
-        self._index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._signature = inspect.signature(type(unet).forward)
-        self.graphs = GraphCache() if cuda_graphs else None
+        self._owns_graphs = graphs is None
+        self.graphs = (graphs if graphs is not None else GraphCache()) if cuda_graphs else None
+        self._weights: dict[int, tuple] = {}  # per CapFace: `weights_key`, taken when installed or moved
         self.overlap = overlap
         self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
         self._ready: tuple[torch.cuda.Event, torch.device] | None = None
@@ -157,6 +165,7 @@ class UNetHook:
         if self._handles:
             return self
         self._unet_dtype = next(self.unet.parameters()).dtype
+        self._weights.clear()  # CapFace may have moved since (offload between samplings)
         try:
             self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
             self._handles.append(self.unet.register_forward_hook(self._after_unet))
@@ -184,8 +193,8 @@ class UNetHook:
     def remove(self) -> None:
         """Remove every hook and drop cached tensors and graphs; safe to call twice."""
         self.detach()
-        self._index_cache.clear()
-        if self.graphs is not None:
+        self._weights.clear()
+        if self.graphs is not None and self._owns_graphs:
             self.graphs.clear()
 
     @property
@@ -206,12 +215,15 @@ class UNetHook:
         if sources is None or len(sources) != rows or len(set(sources)) == rows:
             return None
         key = (tuple(sources), device)
-        if key not in self._index_cache:
+        if key not in _INDEX_CACHE:
             order = list(dict.fromkeys(sources))
             first = [list(sources).index(s) for s in order]
             inverse = [order.index(s) for s in sources]
-            self._index_cache[key] = (torch.tensor(first, device=device), torch.tensor(inverse, device=device))
-        return self._index_cache[key]
+            # kept for the process: a captured graph (kept across generations) reads these tensors
+            _INDEX_CACHE[key] = (torch.tensor(first, device=device), torch.tensor(inverse, device=device))
+            while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
+                _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+        return _INDEX_CACHE[key]
 
     def _rows_for_call(self, rows: int) -> Sequence[int] | None:
         if self.row_plan is not None:
@@ -253,33 +265,37 @@ class UNetHook:
         for control in active:  # CapFace follows the UNet's device and dtype
             if control.capface.device != x.device or control.capface.dtype != dtype:
                 control.capface.to(device=x.device, dtype=dtype)
+                self._weights.pop(id(control.capface), None)
             control.check_latent(x)
         indices = self._dedupe(sources, x.shape[0], x.device)
         reps, inverse = indices if indices is not None else (None, None)
 
-        def compute(x: torch.Tensor, timesteps: torch.Tensor) -> list[torch.Tensor]:
+        def compute(x: torch.Tensor, timesteps: torch.Tensor,
+                    inputs: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
             x_rows = x if reps is None else x.index_select(0, reps)
             t_rows = timesteps if reps is None else timesteps.index_select(0, reps)
-            total: list[torch.Tensor] | None = None
-            for control in active:
-                outs = control.residuals(x_rows, t_rows, reps)
-                total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
+            own = None if inputs is None else [list(inputs[bounds[i]:bounds[i + 1]]) for i in range(len(active))]
+            total = summed_residuals(active, x_rows, t_rows, reps, own)
             if inverse is not None:
                 total = [r.index_select(0, inverse) for r in total]
             return total
 
         with torch.no_grad():
+            inputs: list[torch.Tensor] = []
+            bounds = [0]
             if self.graphs is not None:
-                for control in active:
-                    control.prepare(x)  # per-hint work stays outside the graph
+                for control in active:  # per-hint work stays outside the graph; the graph copies it in
+                    inputs += control.prepare(x)
+                    bounds.append(len(inputs))
 
             def run() -> list[torch.Tensor]:
                 if self.graphs is None:
                     return compute(x, timesteps)
                 key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
                        None if reps is None else tuple(sources),
-                       tuple(control.graph_key() for control in active))
-                return self.graphs.run(key, compute, x, timesteps)
+                       tuple(control.graph_key(self._weights_of(control.capface)) for control in active),
+                       tuple((tuple(t.shape), t.dtype) for t in inputs))
+                return self.graphs.run(key, compute, x, timesteps, inputs)
 
             if not (self.overlap and x.is_cuda):
                 total = run()
@@ -300,6 +316,12 @@ class UNetHook:
         self._pending, self._latent, self._active = total, x, active
         if sources is not None and self.row_plan is not None:
             self._step_result = (self.row_plan, tuple(sources), total)
+
+    def _weights_of(self, capface: nn.Module) -> tuple:
+        key = self._weights.get(id(capface))
+        if key is None:
+            key = self._weights[id(capface)] = weights_key(capface)
+        return key
 
     def _arm(self, module: nn.Module, args: tuple) -> None:
         """Residuals go to the pass through the blocks that starts from the latent the UNet was called with."""
@@ -348,6 +370,6 @@ class UNetHook:
 
 
 def hook_unet(unet: nn.Module, controls: Sequence[CapFaceControl], row_sources: Sequence[int] | None = None,
-              cuda_graphs: bool = True, overlap: bool = True) -> UNetHook:
+              cuda_graphs: bool = True, overlap: bool = True, graphs: GraphCache | None = None) -> UNetHook:
     """`with hook_unet(unet, controls): ...` — CapFace residuals are added to every UNet call inside the block."""
-    return UNetHook(unet, controls, row_sources, cuda_graphs, overlap)
+    return UNetHook(unet, controls, row_sources, cuda_graphs, overlap, graphs)

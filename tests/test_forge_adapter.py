@@ -471,6 +471,25 @@ def test_reforge_calls_with_transformer_options_down_the_chain(unet, capfaces):
     assert len(result["output"]) == 12 and len(result["middle"]) == 1
 
 
+def test_hints_rendered_and_sampled_in_inference_mode(unet, capfaces):
+    """Forge runs processing under `torch.inference_mode()`: hints rendered there, sampled there, twice."""
+    x, text, _ = latent_inputs()
+    sigma = DiscreteEps().sigma(torch.tensor([500, 500]))
+    model = FakeModel(unet)
+    p = FakeP(model)
+    generation = start_generation(p, make_generation(capfaces))
+    render = generation.render
+    generation.render = lambda params, width, height: render(params, width, height).clone()  # made in the mode
+    with torch.inference_mode():
+        forge.before_sampling(p, x)
+        first = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], None)[0]
+        model.reset()
+        forge.before_sampling(p, x)  # the next pass: the same cached hint
+        second = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], None)[0]
+        plain = calc_cond_uncond(model.pristine, x, sigma, [text], None)[0]
+    assert torch.equal(first, second) and (first - plain).abs().max() > 1e-3
+
+
 def test_refiner_switch_attaches_to_the_new_unet(unet, capfaces):
     x, _, _ = latent_inputs()
     model = FakeModel(unet)

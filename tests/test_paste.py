@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 
 from caphuman_ext.unit.infotext import to_infotext
@@ -22,7 +23,7 @@ def test_photos_in_the_store_come_back_and_enable_the_unit(tmp_path):
     params = {"CapHuman 2": to_infotext(unit, store.save(unit.reference_images))}
     pasted = pasted_unit(params, 1, store)
     assert pasted.enabled is True and pasted.settings["strength"] == 0.7 and pasted.settings["yaw"] == 15
-    assert list(pasted.reference.getdata()) == list(unit.reference_images[0].getdata())
+    assert np.array_equal(np.asarray(pasted.reference), np.asarray(unit.reference_images[0]))
     assert pasted.more and len(pasted.more) == 1
     assert pasted_unit(params, 0, store) is None  # unit 1 had no entry: its tab is left alone
 

@@ -261,18 +261,32 @@ def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit],
     return generation
 
 
+_SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # control -> the cached hint it was given
+
+
+def _normal_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy outside inference mode when `tensor` was made in it (Forge renders and samples under
+    `torch.inference_mode()`; the control tracks its hint's version counter, which inference tensors lack)."""
+    if not tensor.is_inference():
+        return tensor
+    with torch.inference_mode(False):
+        return tensor.clone()
+
+
 def arm(generation: Generation, frame: Frame, latent_hw: tuple[int, int]) -> list[CapFaceControl]:
     """The generation's controls with this pass's hints (what `Generation.attach` does, without a module hook)."""
     generation.raise_if_failed()
     hints = generation.hints(frame, latent_hw)
     if not generation.controls:
-        generation.controls = [CapFaceControl(unit.capface, hint=hint, context=unit.context,
+        generation.controls = [CapFaceControl(unit.capface, hint=_normal_tensor(hint), context=unit.context,
                                               strength=float(unit.params.strength))
                                for unit, hint in zip(generation.units, hints, strict=True)]
+        _SOURCES.update(zip(generation.controls, hints, strict=True))
     else:
         for control, hint in zip(generation.controls, hints, strict=True):
-            if control.hint is not hint:
-                control.hint = hint
+            if _SOURCES.get(control) is not hint:
+                control.hint = _normal_tensor(hint)
+                _SOURCES[control] = hint
     return generation.controls
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..capface import CapFace
 from ..control import CapFaceControl
+from ..graphs import GraphCache, release_shared_graphs, shared_graphs
 from ..hook import IncompatibleUNetError, UNetHook, check_compatible
 from .geometry import Frame, render_plan
 from .rows import RowPlan
@@ -62,10 +63,13 @@ class Generation:
     does not swallow (`raise_if_failed`, or the UNet's first call through `arm_failure`).
     """
 
-    def __init__(self, units: Sequence[PreparedUnit], render: RenderCanvas, offload: bool = False) -> None:
+    def __init__(self, units: Sequence[PreparedUnit], render: RenderCanvas, offload: bool = False,
+                 graphs: GraphCache | None = None) -> None:
         self.units = list(units)
         self.render = render
         self.offload = offload
+        # captured CapFace passes: kept across generations (a graph copies in each generation's hint and context)
+        self.graphs = graphs if graphs is not None else shared_graphs()
         self.error: str | None = None
         self.controls: list[CapFaceControl] = []
         self.hook: UNetHook | None = None
@@ -137,7 +141,7 @@ class Generation:
             self.hook.remove()
             self.hook = None
         try:
-            self.hook = UNetHook(unet, self.controls).install()
+            self.hook = UNetHook(unet, self.controls, graphs=self.graphs).install()
         except IncompatibleUNetError as error:
             raise CapHumanError(f"CapHuman: {error}") from error
 
@@ -160,6 +164,8 @@ class Generation:
         if self.offload:
             for unit in self.units:
                 unit.capface.to("cpu")
+            if self.graphs is shared_graphs():
+                release_shared_graphs()  # their weights moved: the graphs are invalid and hold GPU memory
 
     def close(self) -> None:
         self.detach()
@@ -167,6 +173,7 @@ class Generation:
             self.hook.remove()
         self.hook = None
         self._hints.clear()
+        self.graphs.release_sources()  # graphs stay; this job's tensors go
 
     def acted(self) -> list[bool]:
         """Per unit: whether any UNet pass received its residuals."""

@@ -1,0 +1,101 @@
+"""A module whose forward is replayed as a CUDA graph per input shape.
+
+Preprocessing runs its networks (CLIP vision, FaceNet, BiSeNet, DECA's encoder) on one image at a time: hundreds of
+small kernels, each launched from Python, so their time is launch time. Replaying the captured forward runs the same
+kernels on the same inputs — the same results — in one launch. Drop-in: `GraphedModule(model)` is called like
+`model` and exposes its parameters.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+
+class GraphedModule(nn.Module):
+    """`module`, its forward replayed as a CUDA graph per input shape (at most `max_shapes` kept).
+
+    Eager where a graph cannot serve: inputs not all on CUDA, grad enabled, a capture under way, or a capture that
+    failed once (then for good). Moving the module (`.to`, `.cpu`, `.half`) drops its graphs: they read the weights
+    where they were.
+    """
+
+    def __init__(self, module: nn.Module, max_shapes: int = 4, warmup: int = 2) -> None:
+        super().__init__()
+        self.module = module
+        self.max_shapes = max_shapes
+        self.warmup = warmup
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+        self.disabled_reason: str | None = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _key(self, flat: list, spec) -> tuple | None:
+        parts = []
+        for leaf in flat:
+            if isinstance(leaf, torch.Tensor):
+                if not leaf.is_cuda:
+                    return None
+                parts.append((tuple(leaf.shape), leaf.dtype, leaf.device, leaf.stride()))
+            elif leaf is None or isinstance(leaf, (bool, int, float, str)):
+                parts.append(leaf)
+            else:
+                return None
+        return (str(spec), tuple(parts))
+
+    def _capture(self, flat: list, spec) -> tuple:
+        static = [leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in flat]
+        args, kwargs = tree_unflatten(static, spec)
+        device = next(leaf for leaf in flat if isinstance(leaf, torch.Tensor)).device
+        main = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(main)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.module(*args, **kwargs)
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                outputs = self.module(*args, **kwargs)
+            finally:
+                graph.capture_end()
+        main.wait_stream(side)
+        out_flat, out_spec = tree_flatten(outputs)
+        for leaf in out_flat:  # an output we cannot copy would be overwritten by the next replay
+            if not (isinstance(leaf, torch.Tensor) or leaf is None or isinstance(leaf, (bool, int, float, str))):
+                raise TypeError(f"output of type {type(leaf).__name__} cannot be handed out of a graph")
+        return graph, static, out_flat, out_spec
+
+    def forward(self, *args, **kwargs):
+        if self.disabled_reason is not None or torch.is_grad_enabled() or torch.cuda.is_current_stream_capturing():
+            return self.module(*args, **kwargs)
+        flat, spec = tree_flatten((args, kwargs))
+        key = self._key(flat, spec)
+        if key is None or not any(isinstance(leaf, torch.Tensor) for leaf in flat):
+            return self.module(*args, **kwargs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(flat, spec)
+            except Exception as error:  # noqa: BLE001 - any capture failure means: stay eager
+                self.disabled_reason = f"{type(error).__name__}: {error}"
+                self._graphs.clear()
+                return self.module(*args, **kwargs)
+            self._graphs[key] = entry
+            while len(self._graphs) > self.max_shapes:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        graph, static, out_flat, out_spec = entry
+        for buffer, leaf in zip(static, flat, strict=True):
+            if isinstance(buffer, torch.Tensor):
+                buffer.copy_(leaf)
+        graph.replay()
+        # the outputs live in the graph's pool and the next replay overwrites them: hand out copies
+        return tree_unflatten([leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in out_flat],
+                              out_spec)
