@@ -140,9 +140,9 @@ def test_reference_under_its_own_head_is_perfect(scorer, astronaut):
                                                      "yaw 0.0°, pitch 0.0°, roll 0.0°"}
 
 
-@pytest.mark.parametrize("modes", [[], ["pose"], ALL_MODES])
+@pytest.mark.parametrize("modes", [["position", "pose"], ["pose"], ALL_MODES])
 def test_pose_photo_of_the_reference_targets_the_identity_codes(scorer, astronaut, modes):
-    """Whatever is copied from the reference itself (no mode = the default modes), the target is its own head."""
+    """Whatever is copied from the reference itself (the default modes or others), the target is its own head."""
     unit = unit_from_dict({"enabled": True, **identity_head(astronaut, modes)})
     head = scorer.builder.head_pipeline(scorer.device)
     target = target_codes(head, unit)
@@ -167,7 +167,7 @@ def test_target_mixes_the_pose_photo_per_mode_like_the_hint(scorer, astronaut, c
     assert torch.equal(expressive["pose"][:, :3], own["pose"][:, :3])
     lit = target_codes(head, unit(["lighting"]))
     assert torch.equal(lit["light"], other["light"]) and torch.equal(lit["pose"], own["pose"])
-    default = target_codes(head, unit([]))  # no mode = the default modes (position, pose), as the hint
+    default = target_codes(head, unit(["position", "pose"]))  # the default modes, as the hint
     assert torch.equal(default["pose"][:, :3], other["pose"][:, :3]) and torch.equal(default["cam"], other["cam"])
     target = target_head(scorer.builder, unit(["pose"]), 256, 192, scorer.device)
     assert target.hint is scorer.builder.render(unit(["pose"]), 256, 192, scorer.device)  # the generation's hint
