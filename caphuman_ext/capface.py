@@ -17,10 +17,15 @@ NUM_RESIDUALS = 13  # 12 input blocks + the middle block of an SD1.5 UNet
 
 
 def _ldm():
-    """The host's ldm modules, looked up lazily (the webui patches some of their attributes)."""
-    from ldm.modules import attention
-    from ldm.modules.diffusionmodules import openaimodel, util
+    """The host's ldm modules, looked up lazily (the webui patches some of their attributes); Forge Neo / Forge 2
+    have no `ldm` package, and their `backend.nn.unet` has the same blocks under the same names."""
+    try:
+        from ldm.modules import attention
+        from ldm.modules.diffusionmodules import openaimodel, util
+    except ImportError:
+        from .hosts.forge import ldm_blocks
 
+        return ldm_blocks()
     return openaimodel, attention, util
 
 
