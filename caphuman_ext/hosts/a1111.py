@@ -83,9 +83,11 @@ def low_vram() -> bool:
 
 
 def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit], render: Callable,
-          offload: bool, describe: Callable[[UnitParams], str] = to_infotext) -> Generation | None:
+          offload: bool, describe: Callable[[UnitParams], str] = to_infotext, model_of: Callable = current_model,
+          unet_of: Callable = lambda model: model.model.diffusion_model) -> Generation | None:
     """`process`: validate and prepare the enabled units; any error is kept for `p.sample` to raise.
-    `describe(unit)` is a unit's infotext, written once the unit has acted."""
+    `describe(unit)` is a unit's infotext, written once the unit has acted; `model_of(p)` / `unet_of(model)` find the
+    model and UNet the checks run against (Forge's differ)."""
     end(p)
     try:
         units = enabled_units(args, getattr(p, "caphuman_overrides", {}))
@@ -95,10 +97,11 @@ def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit],
         if not units:
             return None
         try:
-            check_model(current_model(p))
+            model = model_of(p)
+            check_model(model)
             prepared = [prepare(unit, position) for position, unit in units]
             for unit in prepared:
-                check_unit(sampled_unet(p), unit)
+                check_unit(unet_of(model), unit)
         except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
             generation = Generation.failed(_message(error))
         else:

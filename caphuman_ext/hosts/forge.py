@@ -28,9 +28,9 @@ from ..hook import check_compatible, compute_dtype
 from ..lifecycle.generation import CapHumanError, Generation, PreparedUnit
 from ..lifecycle.geometry import Frame
 from ..unit.infotext import to_infotext
-from ..unit.params import UnitParams, UnitValidationError
+from ..unit.params import UnitParams
 from . import a1111
-from .a1111 import ATTRIBUTE, generation_of, low_vram, pass_frame, step_progress
+from .a1111 import ATTRIBUTE, generation_of, low_vram, pass_frame, step_progress  # noqa: F401 - the adapter surface
 
 log = logging.getLogger(__name__)
 Control = dict[str, list[torch.Tensor | None]]
@@ -238,30 +238,10 @@ def diffusion_model(unet_patcher) -> nn.Module:
 
 def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit], render: Callable,
           offload: bool, describe: Callable[[UnitParams], str] = to_infotext) -> Generation | None:
-    """`process`: as `a1111.start`, with the CapFaces checked against Forge's UNet."""
+    """`process`: `a1111.start`, with the CapFaces checked against Forge's UNet."""
     end(p)
-    try:
-        units = a1111.enabled_units(args, getattr(p, "caphuman_overrides", {}))
-    except UnitValidationError as error:
-        generation = Generation.failed(a1111._message(error))
-    else:
-        if not units:
-            return None
-        try:
-            a1111.check_model(p.sd_model)
-            prepared = [prepare(unit, position) for position, unit in units]
-            for unit in prepared:
-                a1111.check_unit(diffusion_model(p.sd_model.forge_objects.unet), unit)
-        except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
-            generation = Generation.failed(a1111._message(error))
-        else:
-            generation = Generation(prepared, render, offload=offload)
-    setattr(p, ATTRIBUTE, generation)
-    a1111._wrap_sample(p, generation, describe)
-    return generation
-
-
-_SOURCES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # control -> the cached hint it was given
+    return a1111.start(p, args, prepare, render, offload, describe, model_of=lambda p: p.sd_model,
+                       unet_of=lambda model: diffusion_model(model.forge_objects.unet))
 
 
 def _normal_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -274,20 +254,8 @@ def _normal_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def arm(generation: Generation, frame: Frame, latent_hw: tuple[int, int]) -> list[CapFaceControl]:
-    """The generation's controls with this pass's hints (what `Generation.attach` does, without a module hook)."""
-    generation.raise_if_failed()
-    hints = generation.hints(frame, latent_hw)
-    if not generation.controls:
-        generation.controls = [CapFaceControl(unit.capface, hint=_normal_tensor(hint), context=unit.context,
-                                              strength=float(unit.params.strength))
-                               for unit, hint in zip(generation.units, hints, strict=True)]
-        _SOURCES.update(zip(generation.controls, hints, strict=True))
-    else:
-        for control, hint in zip(generation.controls, hints, strict=True):
-            if _SOURCES.get(control) is not hint:
-                control.hint = _normal_tensor(hint)
-                _SOURCES[control] = hint
-    return generation.controls
+    """The generation's controls with this pass's hints (`Generation.arm`), copied out of Forge's inference mode."""
+    return generation.arm(frame, latent_hw, adopt=_normal_tensor)
 
 
 def _patcher_class() -> type | None:

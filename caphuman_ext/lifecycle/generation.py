@@ -74,6 +74,7 @@ class Generation:
         self.controls: list[CapFaceControl] = []
         self.hook: UNetHook | None = None
         self._hints: dict[tuple, list[torch.Tensor]] = {}
+        self._hint_sources: list[torch.Tensor] = []  # the rendered hints the controls hold (or were adopted from)
         self._failure: torch.utils.hooks.RemovableHandle | None = None
         self.extras: list = []  # images the host adds to the job's output (score overlays)
         self.described: set[int] = set()  # unit positions whose infotext this job wrote
@@ -116,19 +117,26 @@ class Generation:
             self._hints[key] = [hint_for_frame(self.render, unit.params, frame, latent_hw) for unit in self.units]
         return self._hints[key]
 
-    def attach(self, unet: nn.Module, frame: Frame, latent_hw: tuple[int, int]) -> None:
-        """Hints for this pass's latent and the hook on `unet`; raises CapHumanError when they cannot be made."""
+    def arm(self, frame: Frame, latent_hw: tuple[int, int],
+            adopt: Callable[[torch.Tensor], torch.Tensor] = lambda hint: hint) -> list[CapFaceControl]:
+        """The controls with this pass's hints (made once per frame and size); `adopt` turns a rendered hint into
+        the tensor a control holds (Forge: out of inference mode). Raises CapHumanError after a failure."""
         self.raise_if_failed()
         hints = self.hints(frame, latent_hw)
         if not self.controls:
-            self.controls = [CapFaceControl(unit.capface, hint=hint, context=unit.context)
+            self.controls = [CapFaceControl(unit.capface, hint=adopt(hint), context=unit.context,
+                                            strength=float(unit.params.strength))
                              for unit, hint in zip(self.units, hints, strict=True)]
-            for unit, control in zip(self.units, self.controls, strict=True):
-                control.strength = float(unit.params.strength)
         else:
-            for control, hint in zip(self.controls, hints, strict=True):
-                if control.hint is not hint:
-                    control.hint = hint
+            for index, (control, hint) in enumerate(zip(self.controls, hints, strict=True)):
+                if self._hint_sources[index] is not hint:
+                    control.hint = adopt(hint)
+        self._hint_sources = list(hints)
+        return self.controls
+
+    def attach(self, unet: nn.Module, frame: Frame, latent_hw: tuple[int, int]) -> None:
+        """Hints for this pass's latent and the hook on `unet`; raises CapHumanError when they cannot be made."""
+        self.arm(frame, latent_hw)
         self.follow(unet)
 
     def follow(self, unet: nn.Module) -> None:
