@@ -16,7 +16,7 @@ from caphuman_ext.model_files import download, model_status  # noqa: E402
 from caphuman_ext.model_files_panel import build_model_files_panel  # noqa: E402
 from caphuman_ext.unit.api import install_api  # noqa: E402
 from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
-from caphuman_ext.unit.infotext import to_infotext  # noqa: E402
+from caphuman_ext.unit.infotext import infotext_key, to_infotext  # noqa: E402
 from caphuman_ext.unit.models import list_capface_models, model_folders  # noqa: E402
 from caphuman_ext.unit.params import FIELD_ORDER, unit_from_dict  # noqa: E402
 from caphuman_ext.unit.paste import PastedUnit, pasted_unit  # noqa: E402
@@ -108,7 +108,7 @@ _PASTES: dict[tuple[str, int], PastedUnit | None] = {}
 
 def _pasted(params: dict, index: int) -> PastedUnit | None:
     """One paste reads the photo store once per unit, not once per component."""
-    key = (str(params.get(f"CapHuman {index + 1}")), index)
+    key = (str(params.get(infotext_key(index))), index)
     if key not in _PASTES:
         if len(_PASTES) > 16:
             _PASTES.clear()
