@@ -51,7 +51,7 @@ from caphuman_ext.graphs import GraphCache, release_shared_graphs, shared_graphs
 from caphuman_ext.hook import UNetHook  # noqa: E402
 from caphuman_ext.lifecycle.generation import Generation, PreparedUnit  # noqa: E402
 from caphuman_ext.lifecycle.geometry import full_frame  # noqa: E402
-from caphuman_ext.lifecycle.rows import RowPlan, cfg_rows  # noqa: E402
+from caphuman_ext.rows import RowPlan, cfg_rows  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 CFG_SCALE = 7.0

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import caphuman_ext  # noqa: E402
 from benchmarks.webui_like import patch_ldm_like_webui, sd15_capface, sd15_unet  # noqa: E402
+from caphuman_ext.rows import RowPlan  # noqa: E402
 
 DTYPE = torch.float16
 
@@ -47,7 +48,8 @@ class Step:
         self.controls = [caphuman_ext.CapFaceControl(c, hint=h, context=c.identity_context(clip, face))
                          for c, h, clip, face in units]
         sources = list(range(batch)) * 2 if row_sharing else None
-        self.hook = caphuman_ext.hook_unet(unet, self.controls, row_sources=sources, cuda_graphs=graphs,
+        rows_plan = None if sources is None else RowPlan.fixed(sources)
+        self.hook = caphuman_ext.hook_unet(unet, self.controls, rows=rows_plan, cuda_graphs=graphs,
                                            overlap=overlap) if units else None
 
     def __call__(self):
@@ -175,7 +177,7 @@ def check_equal(unet, capface, size: int = 512) -> float:
     for graphs in (False, True):
         control = caphuman_ext.CapFaceControl(capface, hint=hint, context=ctx)
         with torch.no_grad(), torch.autocast("cuda", dtype=DTYPE), \
-                caphuman_ext.hook_unet(unet, [control], row_sources=[0, 0], cuda_graphs=graphs) as hook:
+                caphuman_ext.hook_unet(unet, [control], rows=RowPlan.fixed([0, 0]), cuda_graphs=graphs) as hook:
             for t in (900.0, 500.0, 100.0):  # replayed with new timesteps
                 eps = unet(x, torch.full((2,), t, device="cuda", dtype=DTYPE), context=text)
             assert not graphs or hook.graphs.calls, hook.graphs.disabled_reason
@@ -198,7 +200,7 @@ def vram(unet, capface, size: int = 512, batch: int = 1) -> dict:
         control = caphuman_ext.CapFaceControl(capface, hint=hint, context=ctx)
         control.active = name == "unit"
         with torch.no_grad(), torch.autocast("cuda", dtype=DTYPE), \
-                caphuman_ext.hook_unet(unet, [control], row_sources=list(range(batch)) * 2):
+                caphuman_ext.hook_unet(unet, [control], rows=RowPlan.fixed(list(range(batch)) * 2)):
             unet(x, t, context=text)
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()

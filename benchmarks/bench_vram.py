@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import caphuman_ext  # noqa: E402
 from benchmarks.webui_like import patch_ldm_like_webui, sd15_capface, sd15_unet  # noqa: E402
+from caphuman_ext.rows import RowPlan  # noqa: E402
 
 GB = 2**30
 
@@ -83,7 +84,7 @@ def main() -> None:
         start = allocated()
         torch.cuda.reset_peak_memory_stats()
         with torch.no_grad(), torch.autocast("cuda", dtype=dtype), \
-                caphuman_ext.hook_unet(unet, [control], row_sources=[0, 0]):
+                caphuman_ext.hook_unet(unet, [control], rows=RowPlan.fixed([0, 0])):
             for _ in range(4):  # the first call captures the CUDA graph
                 unet(x, t, context=text)
         torch.cuda.synchronize()

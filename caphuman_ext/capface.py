@@ -11,22 +11,10 @@ import math
 import torch
 from torch import nn
 
+from .blocks import ldm_blocks
 from .config import CapFaceConfig
 
 NUM_RESIDUALS = 13  # 12 input blocks + the middle block of an SD1.5 UNet
-
-
-def _ldm():
-    """The host's ldm modules, looked up lazily (the webui patches some of their attributes); Forge Neo / Forge 2
-    have no `ldm` package, and their `backend.nn.unet` has the same blocks under the same names."""
-    try:
-        from ldm.modules import attention
-        from ldm.modules.diffusionmodules import openaimodel, util
-    except ImportError:
-        from .hosts.forge import ldm_blocks
-
-        return ldm_blocks()
-    return openaimodel, attention, util
 
 
 class CapFace(nn.Module):
@@ -34,7 +22,7 @@ class CapFace(nn.Module):
 
     def __init__(self, config: CapFaceConfig) -> None:
         super().__init__()
-        openaimodel, attention, util = _ldm()
+        openaimodel, attention, util = ldm_blocks()
         self.config = config
         ch = config.model_channels
         time_dim = ch * 4

@@ -12,13 +12,14 @@ if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
 from caphuman_ext.hosts import a1111, forge  # noqa: E402
+from caphuman_ext.lifecycle import job  # noqa: E402
 from caphuman_ext.model_files import download, model_status  # noqa: E402
 from caphuman_ext.model_files_panel import build_model_files_panel  # noqa: E402
 from caphuman_ext.unit.api import install_api  # noqa: E402
 from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
 from caphuman_ext.unit.infotext import infotext_key, to_infotext  # noqa: E402
 from caphuman_ext.unit.models import list_capface_models, model_folders  # noqa: E402
-from caphuman_ext.unit.params import FIELD_ORDER, unit_from_dict  # noqa: E402
+from caphuman_ext.unit.params import FIELD_ORDER, PASSES, check_passes, unit_from_dict  # noqa: E402
 from caphuman_ext.unit.paste import PastedUnit, pasted_unit  # noqa: E402
 from caphuman_ext.unit.photo_store import PhotoStore  # noqa: E402
 from preprocessors.head.codes import MODES  # noqa: E402
@@ -26,7 +27,7 @@ from preprocessors.head.frames import RESIZE_MODES  # noqa: E402
 from preprocessors.identity.clip_files import controlnet_annotator_dirs  # noqa: E402
 
 VERSION = "0.1.0"
-host = forge if forge.detected() else a1111  # the Forge family (Neo, Classic, reForge) or AUTOMATIC1111
+host = forge.HOST if forge.detected() else a1111.HOST  # the Forge family (Neo, Classic, reForge) or AUTOMATIC1111
 SCRIPT_TITLE = "CapHuman"
 
 
@@ -134,7 +135,11 @@ def _after_use() -> None:
         devices.torch_gc()
 
 
-script_callbacks.on_cfg_denoiser(host.on_cfg_denoiser)
+def on_cfg_denoiser(params) -> None:
+    job.on_step(params, host)
+
+
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
 
 
 class Script(scripts.Script):
@@ -183,7 +188,10 @@ class Script(scripts.Script):
             end = gr.Slider(label="End (fraction of steps)", minimum=0, maximum=1, step=0.01, value=1.0)
             pose_only = gr.Slider(label="Pose-only steps (identity off for this first fraction of the steps)",
                                   minimum=0, maximum=1, step=0.01, value=0.0)
-        resize_mode = gr.Radio(label="Resize mode", choices=list(RESIZE_MODES), value="Crop and Resize")
+        with gr.Row():
+            resize_mode = gr.Radio(label="Resize mode", choices=list(RESIZE_MODES), value="Crop and Resize")
+            passes = gr.Radio(label="Act in (hires fix)", choices=list(PASSES), value="both",
+                              elem_id=f"caphuman_passes_{uid}")
         with gr.Accordion("Head sliders (used without a pose photo)", open=False):
             with gr.Row():
                 yaw = gr.Slider(label="Yaw", minimum=-90, maximum=90, step=1, value=0, elem_id=f"caphuman_yaw_{uid}")
@@ -211,7 +219,7 @@ class Script(scripts.Script):
         message = gr.Markdown("")
         values = [enabled, model, reference, face_index, whole, pose, modes, strength, start, end, pose_only,
                   resize_mode, yaw, pitch, roll, cx, cy, scale, expression, jaw, light_yaw, light_pitch,
-                  light_strength, more]
+                  light_strength, more, passes]
         assert len(values) == len(FIELD_ORDER)
         refresh.click(lambda: gr.update(choices=[""] + list(list_capface_models(_folders()))), outputs=[model])
         preview_button.click(_preview_ui, inputs=[*values, width, height], outputs=[preview, message])
@@ -242,24 +250,25 @@ class Script(scripts.Script):
 
     def process(self, p, *args):
         device = devices.device
-        host.start(p, args, prepare=lambda unit, position: builder().prepare(unit, device, position),
-                   render=lambda unit, width, height: builder().hint(unit, width, height, device),
-                   offload=_offload(), describe=_infotext)
-        if host.generation_of(p) is not None:
+        job.start(p, args, host, prepare=lambda unit, position: builder().prepare(unit, device, position),
+                  render=lambda unit, width, height: builder().hint(unit, width, height, device),
+                  offload=_offload(), describe=_infotext)
+        if job.generation_of(p) is not None:
             _after_use()
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        if host.generation_of(p) is not None and "x" in kwargs:
-            host.before_sampling(p, kwargs["x"])
+        if job.generation_of(p) is not None and "x" in kwargs:
+            job.before_sampling(p, kwargs["x"], host)
 
     def post_sample(self, p, ps, *args):
-        generation = host.generation_of(p)
+        generation = job.generation_of(p)
         if generation is not None:
-            generation.detach()
+            host.detach(generation)
+            generation.end_sampling()
 
     def postprocess_image(self, p, pp, *args):
         """With "Score CapHuman results" on: each image's scores in its infotext, an overlay kept for the gallery."""
-        generation = host.generation_of(p)
+        generation = job.generation_of(p)
         if generation is None or not _opt("caphuman_score", False):
             return
         units = [unit for unit, acted in zip(generation.units, generation.acted(), strict=True) if acted]
@@ -276,13 +285,13 @@ class Script(scripts.Script):
             generation.extras.append(result.overlay)
 
     def postprocess(self, p, processed, *args):
-        generation = host.generation_of(p)
+        generation = job.generation_of(p)
         if generation is not None:
             for overlay in generation.extras:
                 processed.images.append(overlay)
                 if hasattr(processed, "infotexts"):
                     processed.infotexts.append("CapHuman score overlay: target landmarks green, fitted red")
-            host.end(p)
+            job.end(p, host)
             _after_use()
 
 
@@ -350,6 +359,8 @@ def _register_xyz_axes():
                               ("Pose-only steps", "pose_only", float), ("Yaw", "yaw", float),
                               ("Pitch", "pitch", float), ("Roll", "roll", float), ("Modes", "modes", str)):
         xyz.axis_options.append(xyz.AxisOption(f"[CapHuman] {label}", cast, setter(name, cast)))
+    xyz.axis_options.append(xyz.AxisOption("[CapHuman] Act in", str, setter("passes", check_passes),
+                                           choices=lambda: list(PASSES)))
 
 
 script_callbacks.on_before_ui(_register_xyz_axes)

@@ -130,9 +130,11 @@ def main(forge_dir: Path, site: Path | None) -> None:
     setup_paths(forge_dir, site)
     import torch
 
+    from caphuman_ext import UNetHook, blocks
     from caphuman_ext import capface as capface_module
     from caphuman_ext.hosts import forge
     from caphuman_ext.lifecycle import full_frame
+    from caphuman_ext.rows import RowPlan
     from tests.core_helpers import TINY_CAPFACE, random_capface, tiny_unet
     from tests.test_forge_adapter import LATENT, make_generation
 
@@ -142,9 +144,9 @@ def main(forge_dir: Path, site: Path | None) -> None:
     ldm_capfaces = random_capface(seed=2), random_capface(seed=3)
     capfaces = ldm_capfaces
     if neo:  # CapFace from backend.nn.unet, as Forge Neo (no `ldm`) builds it
-        original, capface_module._ldm = capface_module._ldm, forge.ldm_blocks
+        original, capface_module.ldm_blocks = capface_module.ldm_blocks, blocks.backend_blocks
         capfaces = tuple(capface_module.CapFace(TINY_CAPFACE).eval() for _ in ldm_capfaces)
-        capface_module._ldm = original
+        capface_module.ldm_blocks = original
         for built, reference in zip(capfaces, ldm_capfaces):
             built.load_state_dict(reference.state_dict(), strict=True)
     print("Forge UNet:", type(patcher.model.diffusion_model).__module__, "| CapFace blocks:",
@@ -158,17 +160,19 @@ def main(forge_dir: Path, site: Path | None) -> None:
         plain = step(patcher, x, sigma, text, uncond)
         generation = make_generation(capfaces, (0.6, 1.4))
         model = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher))
-        forge.arm(generation, full_frame(LATENT), LATENT)
-        forge.attach(generation, model)
+        generation.prepare_pass(full_frame(LATENT), LATENT, adopt=forge.HOST.adopt)
+        forge.HOST.attach(generation, model)
         steered = step(model.forge_objects.unet, x, sigma, text, uncond)
 
         reference = make_generation(ldm_capfaces, (0.6, 1.4))
-        reference.attach(ldm_unet, full_frame(LATENT), LATENT)
-        reference.hook.row_sources = [0, 1, 0, 1]
+        reference.prepare_pass(full_frame(LATENT), LATENT)
+        reference.engine.plan = RowPlan.fixed([0, 1, 0, 1])
+        hook = UNetHook(ldm_unet, reference.engine).install()
         xc, ts = sampling.calculate_input(sigma, x), sampling.timestep(sigma).float()
         hooked = [torch.cat([x, x]) - ldm_unet(torch.cat([xc, xc]), torch.cat([ts, ts]), context=context)
                   * torch.cat([sigma, sigma]).view(-1, 1, 1, 1)
                   for context in (torch.cat([uncond, text]), torch.cat([text, uncond]))]  # either row order
+        hook.remove()
         reference.close()
         print(f"max |Forge + CapHuman - A1111 hook| = {min((steered - h).abs().max().item() for h in hooked):.3g}, "
               f"max |Forge + CapHuman - plain Forge| = {(steered - plain).abs().max().item():.3g}, "
@@ -179,7 +183,7 @@ def main(forge_dir: Path, site: Path | None) -> None:
             hint = torch.rand(1, 3, LATENT[0] * 8, LATENT[1] * 8, generator=g)
             with_cn = apply_controlnet_advanced(patcher, controlnet, hint, 0.8, 0.0, 1.0)
             both = SimpleNamespace(forge_objects=SimpleNamespace(unet=with_cn))
-            forge.attach(generation, both)
+            forge.HOST.attach(generation, both)
             together = step(both.forge_objects.unet, x, sigma, text, uncond)
             alone = step(with_cn, x, sigma, text, uncond)
             print("chain:", [type(c).__name__ for c in both.forge_objects.unet.list_controlnets()],

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import caphuman_ext
+from caphuman_ext.rows import RowPlan
 from tests.core_helpers import random_capface, reference_eps, tiny_unet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -28,7 +29,7 @@ def test_graph_replay_matches_reference_every_step(tau):
     unet, capface, x, text, hint, clip, face = setup()
     control = caphuman_ext.CapFaceControl(capface, hint=hint, context=capface.identity_context(clip, face),
                                           strength=0.9, drop_identity_above_t=tau)
-    with torch.no_grad(), caphuman_ext.hook_unet(unet, [control], row_sources=[0, 0]) as hook:
+    with torch.no_grad(), caphuman_ext.hook_unet(unet, [control], rows=RowPlan.fixed([0, 0])) as hook:
         for t in (950.0, 700.0, 400.0, 50.0):
             timesteps = torch.full((2,), t, device="cuda")
             got = unet(x, timesteps, context=text)
@@ -44,7 +45,7 @@ def test_per_step_path_makes_no_host_sync(graphs):
     unet, capface, x, text, hint, clip, face = setup()
     control = caphuman_ext.CapFaceControl(capface, hint=hint, context=capface.identity_context(clip, face),
                                           drop_identity_above_t=500.0)
-    with torch.no_grad(), caphuman_ext.hook_unet(unet, [control], row_sources=[0, 0], cuda_graphs=graphs):
+    with torch.no_grad(), caphuman_ext.hook_unet(unet, [control], rows=RowPlan.fixed([0, 0]), cuda_graphs=graphs):
         # registered after ours, so it runs after our pre-hook: only our per-step work is checked
         stop = unet.register_forward_pre_hook(lambda *args: torch.cuda.set_sync_debug_mode(0))
         try:
@@ -62,7 +63,7 @@ def test_replacing_the_hint_recaptures():
     unet, capface, x, text, hint, clip, face = setup()
     control = caphuman_ext.CapFaceControl(capface, hint=hint, context=capface.identity_context(clip, face))
     timesteps = torch.full((2,), 500.0, device="cuda")
-    with torch.no_grad(), caphuman_ext.hook_unet(unet, [control], row_sources=[0, 0]) as hook:
+    with torch.no_grad(), caphuman_ext.hook_unet(unet, [control], rows=RowPlan.fixed([0, 0])) as hook:
         unet(x, timesteps, context=text)
         control.hint = torch.flip(hint, dims=[-1])  # same shape, new content
         got = unet(x, timesteps, context=text)
@@ -70,3 +71,74 @@ def test_replacing_the_hint_recaptures():
         expected = reference_eps(unet, x, timesteps, text, [(capface, control.hint, clip, face, 1.0, 0.0)])
         hook.install()
     assert (got - expected).abs().max().item() <= 2e-4
+
+
+def forge_setup():
+    """A CUDA Forge chain (tests/forge_harness.py) with one CapHuman unit attached through the lifecycle."""
+    from caphuman_ext.hosts import forge
+    from caphuman_ext.lifecycle import Generation, job
+    from caphuman_ext.lifecycle.generation import PreparedUnit
+    from tests.forge_harness import FakeModel, FakeP
+
+    unet, capface, x, text, hint, clip, face = setup()
+    params = type("Params", (), {"strength": 0.9, "start": 0.0, "end": 1.0, "pose_only": 0.0})()
+    with torch.no_grad():
+        context = capface.identity_context(clip, face)
+    generation = Generation([PreparedUnit(params, capface, context)], render=lambda *_: hint)
+    model = FakeModel(unet)
+    model.pristine.load_device = model.pristine.offload_device = torch.device("cuda")
+    sampling = model.pristine.model.model_sampling
+    sampling.log_sigmas = sampling.log_sigmas.cuda()  # Forge keeps its schedule on the device
+    p = FakeP(model)
+    p.width, p.height = 192, 128
+    setattr(p, job.ATTRIBUTE, generation)
+    job.before_sampling(p, x[:1], forge.HOST)
+    return unet, capface, x[:1], text[:1], hint, clip, face, model, p, forge.HOST
+
+
+def test_forge_path_on_cuda_matches_the_reference_with_graphs_and_overlap():
+    from caphuman_ext.lifecycle import job
+    from tests.forge_harness import calc_cond_uncond, denoiser_params
+
+    unet, capface, x, text, hint, clip, face, model, p, host = forge_setup()
+    sampling = model.pristine.model.model_sampling
+    uncond = torch.zeros_like(text)
+    for step, t in enumerate((900, 600, 300, 50)):  # the first calls wait at once, later ones before the middle
+        job.on_step(denoiser_params(p, step, 4), host)
+        sigma = sampling.sigma(torch.tensor([t], device="cuda"))
+        with torch.no_grad():
+            got = torch.cat(calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond))
+            xc = torch.cat([sampling.calculate_input(sigma, x)] * 2)
+            ts = torch.cat([sampling.timestep(sigma)] * 2).float()
+            expected = reference_eps(unet, xc, ts, torch.cat([text, uncond]), [(capface, hint, clip, face, 0.9, 0)])
+        assert (got - expected).abs().max().item() <= 2e-4
+    control = model.forge_objects.unet.controlnet_linked_list
+    assert control._modifier_runs and control.generation.graphs.calls
+
+
+def test_forge_path_makes_no_host_sync():
+    from caphuman_ext.lifecycle import job
+    from tests.forge_harness import calc_cond_uncond, denoiser_params
+
+    _, _, x, text, _, _, _, model, p, host = forge_setup()
+    sampling = model.pristine.model.model_sampling
+    sigmas = [sampling.sigma(torch.tensor([t], device="cuda")) for t in (900, 700, 300)]
+    uncond = torch.zeros_like(text)
+    with torch.no_grad():
+        job.on_step(denoiser_params(p, 0, 3), host)
+        calc_cond_uncond(model.forge_objects.unet, x, sigmas[0], [text], uncond)  # first step: per-generation setup
+        torch.cuda.synchronize()
+        control = model.forge_objects.unet.controlnet_linked_list
+        original = control.get_control
+
+        def checked(*args, **kwargs):  # only CapHuman's per-step work is checked, not the harness around it
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+
+        control.get_control = checked
+        for step, sigma in enumerate(sigmas[1:], start=1):
+            job.on_step(denoiser_params(p, step, 3), host)
+            calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import caphuman_ext
+from caphuman_ext.rows import RowPlan
 from tests.core_helpers import TINY_CAPFACE, random_capface, reference_eps, tiny_unet
 
 
@@ -42,7 +43,8 @@ def hooked_eps(unet, units, x, t, text, row_sources=None):
         ctx = capface.identity_context(clip, face)
         controls.append(caphuman_ext.CapFaceControl(capface, hint=hint, context=ctx, strength=strength,
                                                     drop_identity_above_t=tau))
-    with torch.no_grad(), caphuman_ext.hook_unet(unet, controls, row_sources=row_sources):
+    rows = None if row_sources is None else RowPlan.fixed(row_sources)
+    with torch.no_grad(), caphuman_ext.hook_unet(unet, controls, rows=rows):
         return unet(x, t, context=text)
 
 

@@ -1,12 +1,5 @@
-"""The Forge adapter: the same residuals as the A1111 hook, and the attach logic on a harness of Forge's call path.
-
-The harness follows Forge Classic's sampling path (ldm_patched/modules/samplers.py `calc_cond_uncond_batch`,
-model_base.py `apply_model`, openaimodel.py `UNetModel.forward` with `apply_control`, modules_forge/unet_patcher.py
-`clone` / `add_patched_controlnet`, modules_forge/forge_sampler.py `sampling_prepare`) around a real tiny ldm UNet:
-the control chain is asked for its control once per UNet call with the rows laid out as chunks of images (one chunk per
-cond or uncond entry), and the UNet adds `control['middle']` after its middle block and pops `control['output']` onto
-its skips. Forge resets `forge_objects` before every pass, as `FakeModel.reset` does.
-"""
+"""The Forge adapter: the same residuals as the A1111 hook, and the lifecycle on a harness of Forge's call path
+(tests/forge_harness.py) around a real tiny ldm UNet."""
 
 from __future__ import annotations
 
@@ -15,210 +8,25 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from ldm.modules.diffusionmodules.util import timestep_embedding
 
+from caphuman_ext import UNetHook
 from caphuman_ext.hosts import forge
-from caphuman_ext.lifecycle import CapHumanError, Generation, full_frame
+from caphuman_ext.lifecycle import CapHumanError, Generation, full_frame, job
 from caphuman_ext.lifecycle.generation import PreparedUnit
+from caphuman_ext.rows import RowPlan, chunk_rows
 from tests.core_helpers import TINY_CAPFACE, random_capface, reference_eps, tiny_unet
+from tests.forge_harness import (
+    LATENT,
+    DiscreteEps,
+    FakeModel,
+    FakeP,
+    OtherControlNet,
+    calc_cond_uncond,
+    denoiser_params,
+    sampling_prepare,
+)
 
-LATENT = (8, 8)
-
-
-# a Forge-shaped harness --------------------------------------------------------------------------------------------
-class DiscreteEps:
-    """Forge's ModelSamplingDiscrete (EPS): sigma -> nearest discrete timestep, input scaled by 1/sqrt(sigma²+1)."""
-
-    def __init__(self) -> None:
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        alphas = torch.cumprod(1 - betas, dim=0)
-        self.log_sigmas = (((1 - alphas) / alphas) ** 0.5).log().float()
-
-    def sigma(self, timestep: int) -> torch.Tensor:
-        return self.log_sigmas[timestep].exp()
-
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        return (sigma.log()[None] - self.log_sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)
-
-    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x / (sigma.view(-1, 1, 1, 1) ** 2 + 1.0) ** 0.5
-
-
-def apply_control(h: torch.Tensor, control: dict | None, name: str) -> torch.Tensor:
-    if control is not None and control.get(name):
-        residual = control[name].pop()
-        if residual is not None:
-            h += residual
-    return h
-
-
-def forge_unet_forward(unet, x, timesteps, context, control=None) -> torch.Tensor:
-    """Forge Classic's UNetModel.forward on an ldm UNet's blocks."""
-    emb = unet.time_embed(timestep_embedding(timesteps, unet.model_channels, repeat_only=False))
-    hs, h = [], x
-    for module in unet.input_blocks:
-        h = apply_control(module(h, emb, context), control, "input")
-        hs.append(h)
-    h = apply_control(unet.middle_block(h, emb, context), control, "middle")
-    for module in unet.output_blocks:
-        skip = apply_control(hs.pop(), control, "output")
-        h = module(torch.cat([h, skip], dim=1), emb, context)
-    return unet.out(h)
-
-
-class BaseModel:
-    """Forge's BaseModel: `apply_model` scales the input and converts sigma to the UNet's timestep."""
-
-    def __init__(self, unet) -> None:
-        self.diffusion_model = unet
-        self.model_sampling = DiscreteEps()
-        self.manual_cast_dtype = None
-
-    def get_dtype(self) -> torch.dtype:
-        return next(self.diffusion_model.parameters()).dtype
-
-    def apply_model(self, x, sigma, c_crossattn, control=None, transformer_options=None, **kwargs) -> torch.Tensor:
-        xc = self.model_sampling.calculate_input(sigma, x)
-        for value in kwargs.values():  # Forge casts every extra keyword with a dtype (`control_model` among them)
-            if hasattr(value, "dtype") and value.dtype not in (torch.int, torch.long):
-                value.to(self.get_dtype())
-        return forge_unet_forward(self.diffusion_model, xc, self.model_sampling.timestep(sigma).float(),
-                                  c_crossattn, control)
-
-
-class UnetPatcher:
-    """Forge's UnetPatcher: `clone` shares the module and copies the control chain's head."""
-
-    def __init__(self, model: BaseModel) -> None:
-        self.model = model
-        self.load_device = self.offload_device = torch.device("cpu")
-        self.controlnet_linked_list = None
-        self.extra_model_patchers_during_sampling: list = []
-
-    def clone(self) -> UnetPatcher:
-        clone = UnetPatcher(self.model)
-        clone.controlnet_linked_list = self.controlnet_linked_list
-        clone.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
-        return clone
-
-    def add_patched_controlnet(self, control) -> None:
-        control.set_previous_controlnet(self.controlnet_linked_list)
-        self.controlnet_linked_list = control
-
-    def list_controlnets(self) -> list:
-        found, pointer = [], self.controlnet_linked_list
-        while pointer is not None:
-            found.append(pointer)
-            pointer = pointer.previous_controlnet
-        return found
-
-
-class OtherControlNet:
-    """A Forge ControlNet whose model outputs fixed residuals (ControlBase's chain, merge and step window)."""
-
-    def __init__(self, residuals: list[torch.Tensor], strength: float = 1.0) -> None:
-        self.residuals = residuals
-        self.strength = strength
-        self.previous_controlnet = None
-        self.transformer_options: dict = {}
-        self.pre_runs = 0
-
-    def set_previous_controlnet(self, control):
-        self.previous_controlnet = control
-        return self
-
-    def pre_run(self, model, percent_to_timestep_function) -> None:
-        self.pre_runs += 1
-        if self.previous_controlnet is not None:
-            self.previous_controlnet.pre_run(model, percent_to_timestep_function)
-
-    def cleanup(self) -> None:
-        if self.previous_controlnet is not None:
-            self.previous_controlnet.cleanup()
-
-    def get_models(self) -> list:
-        return self.previous_controlnet.get_models() if self.previous_controlnet is not None else []
-
-    def inference_memory_requirements(self, dtype) -> int:
-        return 0
-
-    def get_control(self, x_noisy, t, cond, batched_number):
-        previous = None
-        if self.previous_controlnet is not None:
-            previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number)
-        outs = [r.expand(x_noisy.shape[0], -1, -1, -1) * self.strength for r in self.residuals]
-        control = {"input": [], "middle": [outs[-1]], "output": outs[:-1]}
-        if previous is not None:  # Forge's control_merge: in place on this control's tensors
-            for key in ("input", "middle", "output"):
-                for index, value in enumerate(previous[key]):
-                    if index >= len(control[key]):
-                        control[key].append(value)
-                    elif value is not None:
-                        control[key][index] += value
-        return control
-
-
-def sampling_prepare(unet_patcher: UnetPatcher) -> list:
-    """Forge's `sampling_prepare`: the chain's models join the loaded models; every link gets `pre_run`."""
-    models = [unet_patcher] + unet_patcher.extra_model_patchers_during_sampling
-    if unet_patcher.controlnet_linked_list is not None:
-        models += unet_patcher.controlnet_linked_list.get_models()
-    for control in unet_patcher.list_controlnets():
-        control.pre_run(unet_patcher.model, lambda percent: percent)
-    return models
-
-
-def calc_cond_uncond(unet_patcher: UnetPatcher, x, sigma, conds: list, uncond, chunks_per_call: int = 99):
-    """Forge's `calc_cond_uncond_batch`: one chunk per cond entry (all images) and one for uncond, run
-    `chunks_per_call` chunks at a time; returns (cond outputs per entry, uncond output)."""
-    to_run = [(text, 0) for text in conds] + ([(uncond, 1)] if uncond is not None else [])
-    outputs = []
-    while to_run:
-        batch, to_run = to_run[:chunks_per_call], to_run[chunks_per_call:]
-        cond_or_uncond = [kind for _, kind in batch]
-        input_x = torch.cat([x] * len(batch))
-        timestep = torch.cat([sigma] * len(batch))
-        context = torch.cat([text for text, _ in batch])
-        options = {"cond_or_uncond": cond_or_uncond, "sigmas": sigma,
-                   "cond_mark": torch.tensor([float(k) for k in cond_or_uncond for _ in range(x.shape[0])])}
-        control = unet_patcher.controlnet_linked_list
-        result = None
-        if control is not None:
-            pointer = control
-            while pointer is not None:
-                pointer.transformer_options = options
-                pointer = pointer.previous_controlnet
-            result = control.get_control(input_x, timestep, {"c_crossattn": context}, len(cond_or_uncond))
-        out = unet_patcher.model.apply_model(input_x, timestep, context, control=result, transformer_options=options,
-                                             control_model=control)
-        outputs += list(out.chunk(len(batch)))
-    return outputs
-
-
-class FakeModel:
-    """`p.sd_model`: `forge_objects` reset from a pristine copy before every pass, as Forge's processing does."""
-
-    def __init__(self, unet) -> None:
-        self.pristine = UnetPatcher(BaseModel(unet))
-        self.forge_objects = SimpleNamespace(unet=self.pristine)
-
-    def reset(self) -> None:
-        self.forge_objects = SimpleNamespace(unet=self.pristine)
-
-
-class FakeP:
-    def __init__(self, model: FakeModel) -> None:
-        self.sd_model = model
-        self.extra_generation_params: dict = {}
-        self.width, self.height = LATENT[1] * 8, LATENT[0] * 8
-        self.is_hr_pass = False
-        self.sample = lambda: "sampled"
-
-
-def denoiser_params(p, step: int, total: int, model=None):
-    inner = SimpleNamespace(inner_model=model or p.sd_model)
-    return SimpleNamespace(denoiser=SimpleNamespace(p=p, step=step, total_steps=total, inner_model=inner),
-                           sampling_step=step, total_sampling_steps=total)
+HOST = forge.HOST
 
 
 # fixtures ----------------------------------------------------------------------------------------------------------
@@ -272,9 +80,9 @@ def latent_inputs(images: int = 2, seed: int = 0):
 
 
 def start_generation(p, generation: Generation) -> Generation:
-    """What `forge.start` leaves on `p` for prepared units (start itself is tested with real unit arguments)."""
-    setattr(p, forge.ATTRIBUTE, generation)
-    forge.a1111._wrap_sample(p, generation, lambda params: "CapHuman")
+    """What `job.start` leaves on `p` for prepared units (start itself is tested with real unit arguments)."""
+    setattr(p, job.ATTRIBUTE, generation)
+    job._wrap_sample(p, generation, HOST, lambda params: "CapHuman")
     return generation
 
 
@@ -292,15 +100,15 @@ def test_forge_control_adds_what_the_a1111_hook_adds(unet, capfaces, strengths):
     xc = torch.cat([sampling.calculate_input(sigma, x)] * 2)
     timesteps = torch.cat([sampling.timestep(sigma)] * 2).float()
     context = torch.cat([text, uncond])
-    a1111_generation.attach(unet, full_frame(LATENT), LATENT)
-    a1111_generation.hook.row_sources = [0, 1, 0, 1]
-    with torch.no_grad():
+    a1111_generation.prepare_pass(full_frame(LATENT), LATENT)
+    a1111_generation.engine.plan = RowPlan.fixed([0, 1, 0, 1])
+    with torch.no_grad(), UNetHook(unet, a1111_generation.engine):
         hooked = unet(xc, timesteps, context=context)
     a1111_generation.close()
 
     model = FakeModel(unet)
-    forge.arm(forge_generation, full_frame(LATENT), LATENT)
-    forge.attach(forge_generation, model)
+    forge_generation.prepare_pass(full_frame(LATENT), LATENT, adopt=HOST.adopt)
+    HOST.attach(forge_generation, model)
     with torch.no_grad():
         cond_out, uncond_out = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
         plain = unet(xc, timesteps, context=context)
@@ -322,10 +130,9 @@ def test_residual_layout_is_forge_control_order(capfaces):
     assert unet_order == [12.0] + [float(11 - i) for i in range(12)]
 
 
-def test_row_images_are_chunks_of_the_batch():
-    assert forge.row_images(6, 3).tolist() == [0, 1, 0, 1, 0, 1]
-    with pytest.raises(ValueError, match="5 rows"):
-        forge.row_images(5, 2)
+def test_rows_are_chunks_of_the_batch():
+    assert chunk_rows(6, 2) == (0, 1, 0, 1, 0, 1)
+    assert chunk_rows(5, 2) is None
 
 
 # attach logic ------------------------------------------------------------------------------------------------------
@@ -348,7 +155,7 @@ def test_attach_clones_composes_with_another_controlnet_and_leaves_pristine_unet
     with_other.add_patched_controlnet(other)
     model.forge_objects.unet = with_other
 
-    forge.before_sampling(p, x)
+    job.before_sampling(p, x, HOST)
     patched = model.forge_objects.unet
     assert patched is not with_other and patched is not model.pristine
     assert model.pristine.controlnet_linked_list is None and with_other.controlnet_linked_list is other
@@ -368,7 +175,7 @@ def test_attach_clones_composes_with_another_controlnet_and_leaves_pristine_unet
 
     model.reset()  # the next pass starts from the pristine UNet: nothing of CapHuman there
     assert model.forge_objects.unet.controlnet_linked_list is None
-    forge.end(p)  # and a clone someone kept past the job adds only the other ControlNet's residuals
+    job.end(p, HOST)  # and a clone someone kept past the job adds only the other ControlNet's residuals
     with torch.no_grad():
         kept = calc_cond_uncond(patched, x, sigma, [text], None)[0]
     assert torch.equal(kept, only_other)
@@ -394,7 +201,7 @@ def test_cond_and_uncond_chunks_share_one_capface_pass(unet, capfaces, monkeypat
     model = FakeModel(unet)
     p = FakeP(model)
     start_generation(p, make_generation(capfaces))
-    forge.before_sampling(p, x)
+    job.before_sampling(p, x, HOST)
     rows = count_capface_rows(monkeypatch, capfaces[0])
     with torch.no_grad():
         together = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text, text], uncond)
@@ -404,37 +211,25 @@ def test_cond_and_uncond_chunks_share_one_capface_pass(unet, capfaces, monkeypat
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
-def test_chunks_with_different_latents_are_computed_row_by_row(unet, capfaces):
-    generation = make_generation(capfaces)
-    controls = forge.arm(generation, full_frame(LATENT), LATENT)
-    x = torch.randn(4, 4, *LATENT)
-    t = torch.tensor([100.0, 100.0, 900.0, 900.0])
-    together = forge.capface_residuals(controls, x, t, chunks=2)
-    first = forge.capface_residuals(controls, x[:2], t[:2], chunks=1)
-    second = forge.capface_residuals(controls, x[2:], t[2:], chunks=1)
-    for r, a, b in zip(together, first, second):
-        torch.testing.assert_close(r, torch.cat([a, b]), rtol=0, atol=1e-5)
-
-
 def test_step_window_and_pose_only_follow_cfg_denoiser_steps(unet, capfaces):
     x, text, uncond = latent_inputs()
     sigma = DiscreteEps().sigma(torch.tensor([400, 400]))
     model = FakeModel(unet)
     p = FakeP(model)
     generation = start_generation(p, make_generation(capfaces, start=0.25, end=0.5, pose_only=0.4))
-    forge.before_sampling(p, x)
+    job.before_sampling(p, x, HOST)
     patched = model.forge_objects.unet
     with torch.no_grad():
         plain = calc_cond_uncond(model.pristine, x, sigma, [text], None)[0]
         outputs = {}
         for step in (0, 1, 2, 3):
-            forge.on_cfg_denoiser(denoiser_params(p, step, 4))
+            job.on_step(denoiser_params(p, step, 4), HOST)
             outputs[step] = calc_cond_uncond(patched, x, sigma, [text], None)[0]
     assert torch.equal(outputs[0], plain) and torch.equal(outputs[2], plain) and torch.equal(outputs[3], plain)
     assert (outputs[1] - plain).abs().max() > 1e-3
     control = generation.controls[0]
     assert control.identity_on is True  # step 3 of 4: past the pose-only phase
-    forge.on_cfg_denoiser(denoiser_params(p, 1, 4))
+    job.on_step(denoiser_params(p, 1, 4), HOST)
     assert control.identity_on is False  # step 1 of 4 < 0.4: identity context off, as in A1111
 
 
@@ -460,7 +255,7 @@ def test_reforge_calls_with_transformer_options_down_the_chain(unet, capfaces):
     other = ReForgeControlNet([torch.zeros(1, c, 1, 1) for c in channels])
     model.forge_objects.unet = model.pristine.clone()
     model.forge_objects.unet.add_patched_controlnet(other)
-    forge.before_sampling(p, x)
+    job.before_sampling(p, x, HOST)
     control = model.forge_objects.unet.controlnet_linked_list
     sigma = DiscreteEps().sigma(torch.tensor([200, 200]))
     options = {"cond_or_uncond": [0]}
@@ -481,10 +276,10 @@ def test_hints_rendered_and_sampled_in_inference_mode(unet, capfaces):
     render = generation.render
     generation.render = lambda params, width, height: render(params, width, height).clone()  # made in the mode
     with torch.inference_mode():
-        forge.before_sampling(p, x)
+        job.before_sampling(p, x, HOST)
         first = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], None)[0]
         model.reset()
-        forge.before_sampling(p, x)  # the next pass: the same cached hint
+        job.before_sampling(p, x, HOST)  # the next pass: the same cached hint
         second = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], None)[0]
         plain = calc_cond_uncond(model.pristine, x, sigma, [text], None)[0]
     assert torch.equal(first, second) and (first - plain).abs().max() > 1e-3
@@ -495,10 +290,10 @@ def test_refiner_switch_attaches_to_the_new_unet(unet, capfaces):
     model = FakeModel(unet)
     p = FakeP(model)
     generation = start_generation(p, make_generation(capfaces))
-    forge.before_sampling(p, x)
+    job.before_sampling(p, x, HOST)
     refiner = FakeModel(tiny_unet(seed=7))
-    forge.on_cfg_denoiser(denoiser_params(p, 2, 4, model=refiner))
-    assert forge.attached(generation, refiner)
+    job.on_step(denoiser_params(p, 2, 4, model=refiner), HOST)
+    assert HOST.attached(generation, refiner)
     assert refiner.pristine.controlnet_linked_list is None
 
 
@@ -516,10 +311,10 @@ def test_capface_patchers_join_forge_memory_management(unet, capfaces, monkeypat
     model = FakeModel(unet)
     p = FakeP(model)
     start_generation(p, make_generation(capfaces, strengths=(1.0, 0.5)))
-    forge.before_sampling(p, x)
+    job.before_sampling(p, x, HOST)
     loaded = sampling_prepare(model.forge_objects.unet)
     model.reset()
-    forge.before_sampling(p, x)  # the hires pass: the same patchers, not new ones
+    job.before_sampling(p, x, HOST)  # the hires pass: the same patchers, not new ones
     loaded_again = sampling_prepare(model.forge_objects.unet)
     assert [m.model.capface for m in loaded[1:]] == list(capfaces[:2])
     assert loaded_again[1:] == loaded[1:] and len(made) == 2
@@ -534,11 +329,11 @@ def test_error_while_attaching_stops_sampling_readably_and_plain_run_after_is_id
         before = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
     p = FakeP(model)
     generation = start_generation(p, make_generation(capfaces, render_error=ValueError("the pose photo is empty")))
-    forge.before_sampling(p, x)  # the webui swallows callback errors: the control raises it from sampling
+    job.before_sampling(p, x, HOST)  # the webui swallows callback errors: the control raises it from sampling
     with pytest.raises(CapHumanError, match="CapHuman: the pose photo is empty"), torch.no_grad():
         calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
     assert generation.error == "CapHuman: the pose photo is empty"
-    forge.end(p)
+    job.end(p, HOST)
     model.reset()
     with torch.no_grad():
         after = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
@@ -550,13 +345,15 @@ def test_tiled_latent_is_refused_readably(unet, capfaces):
     model = FakeModel(unet)
     p = FakeP(model)
     start_generation(p, make_generation(capfaces))
-    forge.before_sampling(p, x)
+    job.before_sampling(p, x, HOST)
     tile = x[..., :4, :4]
     with pytest.raises(CapHumanError, match="Tiled sampling"), torch.no_grad():
         calc_cond_uncond(model.forge_objects.unet, tile, DiscreteEps().sigma(torch.tensor([9, 9])), [text], None)
 
 
-def test_start_refuses_a_capface_that_does_not_fit_forge_unet(unet):
+def test_a_capface_that_does_not_fit_forge_unet_is_refused_when_sampling_starts(unet):
+    """The model is checked when sampling starts (at `process` the webui may still hold the last job's refiner):
+    a readable error, raised from Forge's sampling and from the next `p.sample`."""
     import numpy as np
 
     from caphuman_ext import CapFaceConfig
@@ -566,15 +363,16 @@ def test_start_refuses_a_capface_that_does_not_fit_forge_unet(unet):
     model = FakeModel(unet)
     p = FakeP(model)
     args = [{"enabled": True, "reference_images": [np.zeros((8, 8, 3), np.uint8)]}]
-    generation = forge.start(p, args, prepare=lambda unit, position: PreparedUnit(unit, wrong, None, position),
-                             render=lambda *a: None, offload=False)
+    generation = job.start(p, args, HOST, prepare=lambda unit, position: PreparedUnit(unit, wrong, None, position),
+                           render=lambda *a: None, offload=False)
+    assert generation.error is None
+    job.before_sampling(p, torch.zeros(1, 4, *LATENT), HOST)
     assert generation.error is not None and "does not fit the loaded checkpoint's UNet" in generation.error
-    with pytest.raises(CapHumanError, match="does not fit"):
-        p.sample()
-    forge.before_sampling(p, torch.zeros(1, 4, *LATENT))  # a pass after the error: a control that raises it
     with pytest.raises(CapHumanError, match="does not fit"), torch.no_grad():
         calc_cond_uncond(model.forge_objects.unet, torch.zeros(1, 4, *LATENT), torch.ones(1), [torch.zeros(1, 77, 64)],
                          None)
+    with pytest.raises(CapHumanError, match="does not fit"):
+        p.sample()
 
 
 def test_detected_only_where_modules_forge_is_importable(tmp_path, monkeypatch):
@@ -591,6 +389,7 @@ def test_capface_builds_from_forge_neo_blocks(monkeypatch):
     from ldm.modules import attention
     from ldm.modules.diffusionmodules import openaimodel, util
 
+    from caphuman_ext import blocks
     from caphuman_ext import capface as capface_module
 
     neo_unet = SimpleNamespace(**{name: getattr(openaimodel, name) for name in
@@ -600,7 +399,7 @@ def test_capface_builds_from_forge_neo_blocks(monkeypatch):
     monkeypatch.setitem(sys.modules, "backend", backend)
     monkeypatch.setitem(sys.modules, "backend.nn", backend.nn)
     monkeypatch.setitem(sys.modules, "backend.nn.unet", neo_unet)
-    monkeypatch.setattr(capface_module, "_ldm", forge.ldm_blocks)
+    monkeypatch.setattr(capface_module, "ldm_blocks", blocks.backend_blocks)
     built = capface_module.CapFace(TINY_CAPFACE)
     assert built.state_dict().keys() == random_capface().state_dict().keys()
 
@@ -612,14 +411,67 @@ def test_script_dispatches_to_the_forge_adapter_only_in_forge(tmp_path, monkeypa
     saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
     try:
         webui_sim.install_fake_webui(tmp_path)
-        assert webui_sim.load_script_module().host is a1111
+        assert webui_sim.load_script_module().host is a1111.HOST
         (tmp_path / "modules_forge").mkdir()
         (tmp_path / "modules_forge" / "__init__.py").write_text("")
         monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
         script = webui_sim.load_script_module()
-        assert script.host is forge
-        assert webui_sim.CALLBACKS["on_cfg_denoiser"][-1] is forge.on_cfg_denoiser
+        assert script.host is forge.HOST
+        assert webui_sim.CALLBACKS["on_cfg_denoiser"][-1] is script.on_cfg_denoiser
     finally:
         for key in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
             del sys.modules[key]
         sys.modules.update(saved)
+
+
+# where CapHuman acts in Forge: the steerable CapFace (tests/steerable.py) -------------------------------------------
+def test_forge_path_puts_the_change_where_the_head_is(unet):
+    """Forge's chain, two images, cond and uncond in one call: the change of the UNet output sits inside the head
+    (more than twice the change outside), and moves with it."""
+    from tests.steerable import hint_coverage, sphere_hint, steerable_capface
+
+    capface = steerable_capface(unet)
+    x, text, uncond = latent_inputs()
+    sigma = DiscreteEps().sigma(torch.tensor([500, 500]))
+    centroids = []
+    for center_x in (0.3, 0.7):
+        hint = sphere_hint(LATENT[1] * 8, LATENT[0] * 8, center_x=center_x, radius=0.3)
+        with torch.no_grad():
+            context = capface.identity_context(*identity()[1:])
+        generation = Generation([PreparedUnit(unit_params(), capface, context)], render=lambda *_, hint=hint: hint)
+        model = FakeModel(unet)
+        p = FakeP(model)
+        start_generation(p, generation)
+        job.before_sampling(p, x, HOST)
+        job.on_step(denoiser_params(p, 0, 4), HOST)
+        with torch.no_grad():
+            steered = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
+            plain = calc_cond_uncond(model.pristine, x, sigma, [text], uncond)
+        job.end(p, HOST)
+        head = torch.nn.functional.avg_pool2d(hint_coverage(hint), 8)[0, 0] > 0.5
+        for s, q in zip(steered, plain):
+            change = (s - q).abs().mean(dim=(0, 1))
+            assert change[head].mean() > 2 * change[~head].mean()
+        change = (steered[0] - plain[0]).abs().mean(dim=(0, 1))
+        centroids.append(float((change.sum(0) * torch.arange(LATENT[1])).sum() / change.sum()))
+    assert centroids[1] - centroids[0] > 0.15 * LATENT[1]
+
+
+def test_forge_path_acts_in_the_passes_the_unit_is_set_to(unet, capfaces):
+    x, text, _ = latent_inputs()
+    sigma = DiscreteEps().sigma(torch.tensor([500, 500]))
+    model = FakeModel(unet)
+    with torch.no_grad():
+        plain = calc_cond_uncond(model.pristine, x, sigma, [text], None)[0]
+    for passes, acts in (("first", (True, False)), ("hires", (False, True)), ("both", (True, True))):
+        p = FakeP(model)
+        start_generation(p, make_generation(capfaces, passes=passes))
+        for hires, expected in zip((False, True), acts, strict=True):
+            p.is_hr_pass = hires
+            model.reset()
+            job.before_sampling(p, x, HOST)
+            job.on_step(denoiser_params(p, 0, 4), HOST)
+            with torch.no_grad():
+                out = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], None)[0]
+            assert (not torch.equal(out, plain)) == expected, (passes, hires)
+        job.end(p, HOST)

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from caphuman_ext import CapFaceControl, hook_unet
+from caphuman_ext import CapFaceControl, UNetHook, hook_unet
 from caphuman_ext.graphs import CapturedCall, GraphCache, version_of
 from caphuman_ext.lifecycle.generation import Generation, PreparedUnit
 from caphuman_ext.lifecycle.geometry import full_frame
-from caphuman_ext.lifecycle.rows import RowPlan, cfg_rows
+from caphuman_ext.rows import RowPlan, cfg_rows
 from tests.core_helpers import random_capface, tiny_unet
 
 
@@ -61,18 +61,19 @@ def one_generation(unet, capface, text, person, hint, strength, graphs, latent):
     generation = Generation([PreparedUnit(params, capface, context)], render=lambda *_: hint.clone(),
                             graphs=graphs)
     latent_hw = tuple(latent.shape[-2:])
-    generation.attach(unet, full_frame(latent_hw), latent_hw)
+    generation.prepare_pass(full_frame(latent_hw), latent_hw)
+    hook = UNetHook(unet, generation.engine).install()
     outs = []
     with torch.no_grad():
         for step, t in enumerate((900.0, 300.0)):
             generation.step(step / 2, RowPlan(cfg_rows([1], 1), step))
             timesteps = torch.full((2,), t, device=latent.device)
             outs.append(unet(latent, timesteps, context=text))
-    generation.detach()
+    hook.detach()
     generation.close()
     expected = []
     control = CapFaceControl(capface, hint=hint, context=context, strength=strength)
-    with torch.no_grad(), hook_unet(unet, [control], row_sources=[0, 0], cuda_graphs=False):
+    with torch.no_grad(), hook_unet(unet, [control], rows=RowPlan.fixed([0, 0]), cuda_graphs=False):
         for t in (900.0, 300.0):
             expected.append(unet(latent, torch.full((2,), t, device=latent.device), context=text))
     return outs, expected

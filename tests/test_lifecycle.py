@@ -21,6 +21,7 @@ from caphuman_ext.lifecycle.geometry import render_plan
 from tests import webui_sim
 from tests.core_helpers import TINY_CAPFACE, random_capface, tiny_unet
 from tests.head_fixtures import deca_assets  # noqa: F401
+from tests.steerable import hint_coverage, save_steerable_checkpoint
 from tests.test_identity import synthetic, tiny_clip_state  # noqa: F401
 
 
@@ -42,6 +43,7 @@ def webui(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
         if source.suffix in (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar"):
             shutil.copy(source, folder / source.name)
     _write_capface(folder / "caphuman_tiny.safetensors")
+    save_steerable_checkpoint(folder / STEERABLE)
     saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
     fake = webui_sim.install_fake_webui(root)
     undo_hijack = webui_sim.hijack_unet_cat()
@@ -54,6 +56,9 @@ def webui(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
     for key in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
         del sys.modules[key]
     sys.modules.update(saved)
+
+
+STEERABLE = "caphuman_steerable.safetensors"
 
 
 def unit(webui, **fields) -> dict:
@@ -473,3 +478,125 @@ def test_xyz_cells_sharing_one_infotext_dict_each_write_their_own(webui):
                                  base=webui.base, steps=2, extra_generation_params=shared_params)
         webui_sim.process_images(p)
         assert f"strength {strength:g};" in shared_params["CapHuman 1"]
+
+
+# where CapHuman acts: the steerable CapFace (tests/steerable.py) -------------------------------------------------------
+def rendered_hints(webui, monkeypatch) -> dict:
+    """{(width, height): hint} of every canvas the units render in the next generations."""
+    hints = {}
+    original = webui.module.UnitBuilder.hint
+
+    def spy(self, unit_params, width, height, device):
+        hints[(width, height)] = original(self, unit_params, width, height, device)
+        return hints[(width, height)]
+
+    monkeypatch.setattr(webui.module.UnitBuilder, "hint", spy)
+    return hints
+
+
+def head_cells(hint: torch.Tensor) -> torch.Tensor:
+    """Latent cells more than half covered by the rendered head (where the hard head mask is 1): (h, w) bool."""
+    return torch.nn.functional.avg_pool2d(hint_coverage(hint), 8)[0, 0] > 0.5
+
+
+def change_inside_and_outside(before: torch.Tensor, after: torch.Tensor, head: torch.Tensor) -> tuple[float, float]:
+    change = (after - before).abs().mean(dim=(0, 1))
+    return float(change[head].mean()), float(change[~head].mean())
+
+
+def centroid_x(before: torch.Tensor, after: torch.Tensor) -> float:
+    change = (after - before).abs().mean(dim=(0, 1))
+    return float((change.sum(0) * torch.arange(change.shape[1])).sum() / change.sum())
+
+
+@pytest.mark.parametrize("fields", [{}, dict(enable_hr=True, hr_scale=1.5)], ids=["txt2img", "hires"])
+def test_the_change_is_where_the_unit_puts_the_head(webui, monkeypatch, fields):
+    hints = rendered_hints(webui, monkeypatch)
+    centroids = []
+    for x in (0.3, 0.7):
+        hints.clear()
+        before, steered, _ = plain_then_caphuman_then_plain(
+            webui, [unit(webui, model=STEERABLE, center_x=x, center_y=0.5, scale=0.8)], **fields)
+        size = max(hints, key=lambda wh: wh[0] * wh[1])  # the last pass's canvas
+        head = head_cells(hints[size])
+        assert head.shape == before[0].shape[-2:] and 0 < head.sum() < head.numel()
+        inside, outside = change_inside_and_outside(before[0], steered[0], head)
+        assert inside > 2 * outside, f"head at x={x}: change inside {inside:.3g}, outside {outside:.3g}"
+        centroids.append(centroid_x(before[0], steered[0]))
+    assert centroids[1] - centroids[0] > 0.15 * before[0].shape[-1]  # the change moves with the head
+
+
+def test_only_masked_inpaint_acts_where_the_head_is_in_the_crop(webui, monkeypatch):
+    """The picture is 256², the webui samples the crop (64, 32, 128, 128): the head at (0.4, 0.35) of the picture is
+    at (0.3, 0.2) of the crop; the change sits there, not at the head's place in the crop's own frame."""
+    hints = rendered_hints(webui, monkeypatch)
+    init = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    fields = dict(init_latent=init, inpaint_full_res=True, paste_to=(64, 32, 128, 128),
+                  init_images=[Image.new("RGB", (256, 256))])
+    before, steered, _ = plain_then_caphuman_then_plain(
+        webui, [unit(webui, model=STEERABLE, center_x=0.4, center_y=0.35, scale=0.5)], **fields)
+    canvas = hints[(256, 256)]
+    head = head_cells(canvas[..., 32:160, 64:192])
+    assert 0 < head.sum() < head.numel()
+    inside, outside = change_inside_and_outside(before[0], steered[0], head)
+    assert inside > 2 * outside, f"inside {inside:.3g}, outside {outside:.3g}"
+
+
+def capface_calls_by_pass(webui, monkeypatch) -> list[bool]:
+    """`is_hr_pass` of every UNet call that ran CapFace, in the next generations."""
+    passes: list[bool] = []
+    original = CapFace.residuals
+
+    def spy(self, x, *args, **kwargs):
+        passes.append(webui_sim.CALL_LOG[-1].is_hr_pass)
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(CapFace, "residuals", spy)
+    return passes
+
+
+@pytest.mark.parametrize(("passes", "expected"), [("both", {False, True}), ("first", {False}), ("hires", {True})])
+def test_a_unit_acts_in_the_passes_it_is_set_to(webui, monkeypatch, passes, expected):
+    calls = capface_calls_by_pass(webui, monkeypatch)
+    before, steered, p = plain_then_caphuman_then_plain(webui, [unit(webui, passes=passes)], enable_hr=True,
+                                                        hr_scale=1.5)
+    assert set(calls) == expected
+    assert all(c > 1e-3 for c in changed(before, steered))
+    assert f"passes {passes}" in p.extra_generation_params["CapHuman 1"]
+
+
+def test_a_hires_only_unit_without_hires_fix_does_nothing(webui, monkeypatch):
+    calls = capface_calls_by_pass(webui, monkeypatch)
+    before, steered, p = plain_then_caphuman_then_plain(webui, [unit(webui, passes="hires")])
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(before, steered, strict=True))
+    assert "CapHuman 1" not in p.extra_generation_params
+
+
+def sdxl(webui) -> webui_sim.FakeSDModel:
+    model = webui_sim.FakeSDModel(tiny_unet(seed=6), "sdxl-refiner")
+    model.is_sd1, model.is_sdxl = False, True
+    return model
+
+
+@pytest.mark.parametrize("end", [0.4, 1.0])
+def test_a_refiner_of_another_family_ends_the_unit_at_the_switch(webui, end):
+    """SD1.5 base, SDXL refiner at 0.5: the generation completes (the first pass kept), CapHuman acts up to the switch
+    and says in the infotext that it ended there, naming the refiner, not the loaded model."""
+    refiner = sdxl(webui)
+    plain, _ = generate(webui, (), refiner=refiner, refiner_switch_at=0.5, steps=4)
+    steered, p = generate(webui, [unit(webui, end=end)], refiner=refiner, refiner_switch_at=0.5, steps=4)
+    again, _ = generate(webui, (), refiner=refiner, refiner_switch_at=0.5, steps=4)
+    assert all(torch.equal(a, b) for a, b in zip(plain, again, strict=True))
+    assert all(c > 1e-3 for c in changed(plain, steered))
+    note = p.extra_generation_params.get("CapHuman note", "")
+    assert "refiner switch" in note and "the refiner is SDXL" in note and "loaded model" not in note
+    assert "CapHuman 1" in p.extra_generation_params
+    assert webui_sim.no_caphuman_hooks(webui.base.model.diffusion_model, refiner.model.diffusion_model)
+
+
+def test_the_model_is_checked_when_sampling_starts_not_at_process(webui):
+    """After a job with an SDXL refiner the webui still holds the refiner at the next job's `process`; it loads the
+    base before sampling. CapHuman checks the model it will sample, so the next job works."""
+    generate(webui, (), refiner=sdxl(webui), refiner_switch_at=0.5, steps=2)
+    before, steered, p = plain_then_caphuman_then_plain(webui, [unit(webui)], steps=2)
+    assert all(c > 1e-3 for c in changed(before, steered))

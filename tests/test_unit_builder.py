@@ -9,6 +9,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import caphuman_ext
+from caphuman_ext.control import CapFaceControl
 from caphuman_ext.unit.builder import UnitBuilder
 from caphuman_ext.unit.params import unit_from_dict
 from tests.core_helpers import random_capface, tiny_unet
@@ -31,10 +32,12 @@ def test_unit_builds_a_working_control(tmp_path, synthetic, deca_assets):  # noq
 
     unit = unit_from_dict({"enabled": True, "reference_images": [Image.open(synthetic / "identity.png")],
                            "strength": 0.9, "pose_only": 0.3, "yaw": 20})
-    built = UnitBuilder([folder], allow_download=False).build(unit, 192, 128, torch.device("cpu"))
-    control = built.control
+    builder = UnitBuilder([folder], allow_download=False)
+    prepared = builder.prepare(unit, torch.device("cpu"))
+    control = CapFaceControl(prepared.capface, builder.hint(unit, 192, 128, torch.device("cpu")), prepared.context,
+                             strength=prepared.params.strength)
     assert control.hint.shape == (1, 9, 128, 192) and control.context.shape == (1, 258, 64)
-    assert control.strength == 0.9 and control.drop_identity_above_t == 700.0
+    assert control.strength == 0.9 and prepared.params.pose_only == 0.3  # pose-only: steps, set by the lifecycle
     assert control.hint[:, :3].abs().sum() > 0  # a head was rendered
 
     unet = tiny_unet(seed=9)

@@ -9,11 +9,10 @@ import pytest
 from PIL import Image
 
 from caphuman_ext.lifecycle.generation import in_window
-from caphuman_ext.lifecycle.rows import RowPlan, cfg_rows
+from caphuman_ext.rows import RowPlan, cfg_rows
 from caphuman_ext.unit.infotext import from_infotext, infotext_key, to_infotext
 from caphuman_ext.unit.models import list_capface_models
 from caphuman_ext.unit.params import FIELD_ORDER, UnitParams, UnitValidationError, unit_from_dict, units_from_args
-from caphuman_ext.unit.schedule import pose_only_tau
 
 
 def b64_png(size=(32, 32)) -> str:
@@ -86,10 +85,20 @@ def test_step_window():
     assert all(in_window(s / 20, 0.0, 1.0) for s in range(20))
 
 
-def test_pose_only_phase_is_the_reference_tau():
-    assert pose_only_tau(0.0) == 0.0
-    assert pose_only_tau(0.3) == pytest.approx(700.0)
-    assert pose_only_tau(1.0) > 0  # the whole sampling pose-only, never "off"
+def test_act_in_passes():
+    from caphuman_ext.lifecycle.generation import acts_in_pass
+
+    assert [acts_in_pass("both", h) for h in (False, True)] == [True, True]
+    assert [acts_in_pass("first", h) for h in (False, True)] == [True, False]
+    assert [acts_in_pass("hires", h) for h in (False, True)] == [False, True]
+
+
+def test_row_plans_of_every_host():
+    assert RowPlan.chunks(2).take(6) == (0, 1, 0, 1, 0, 1)  # Forge: three chunks of two images
+    assert RowPlan.chunks(2).take(5) is None
+    assert RowPlan.fixed([0, 1, 0, 1]).take(4) == (0, 1, 0, 1)
+    plan = RowPlan.cfg([1, 1], 2, step=3)  # A1111: cond, cond, uncond, uncond; consumed call by call
+    assert plan.take(2) == (0, 1) and plan.take(2) == (0, 1) and plan.take(1) is None
 
 
 def test_cfg_rows_share_by_image():

@@ -454,7 +454,8 @@ def process_images(p: Processing) -> list[torch.Tensor]:
 def _process_images(p: Processing) -> list[torch.Tensor]:
     from modules import shared
 
-    shared.sd_model = p.base
+    if shared.sd_model is None:  # else at `process` the webui still holds the last job's model (its refiner too)
+        shared.sd_model = p.base
     prompts = p.prompt if isinstance(p.prompt, list) else [p.prompt] * (p.batch_size * p.n_iter)
     swallow(p.script.process, p, *p.script_args)
     if p.enable_hr:

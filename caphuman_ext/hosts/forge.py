@@ -1,14 +1,16 @@
-"""Forge adapter (Forge Classic / reForge: `ldm_patched`; Forge Neo / Forge 2: `backend`): CapHuman as a control in
-Forge's ControlNet chain on a clone of `p.sd_model.forge_objects.unet`.
+"""Forge adapter (Forge Classic / reForge: `ldm_patched`; Forge Neo / Forge 2: `backend`): the residual engine as a
+link of Forge's ControlNet chain on a clone of `p.sd_model.forge_objects.unet`.
 
 Forge samples through `forge_objects.unet` (a `UnetPatcher`) and resets `forge_objects` from pristine copies before
-every sampling pass, so nothing is ever removed: `process_before_every_sampling` clones the UnetPatcher, links a
-`CapHumanControl` into its `controlnet_linked_list` and assigns the clone back. Forge's sampler
-(`calc_cond_uncond_batch`) calls the chain's `get_control(x_noisy, sigma, cond, chunks)` once per UNet call, with the
-batch laid out as `chunks` copies of the images (one per cond or uncond entry, `transformer_options['cond_or_uncond']`),
-and the UNet adds `control['middle']` after its middle block and pops `control['output']` (deepest first) onto the
-skips. The A1111 callbacks `process`, `cfg_denoiser` and `p.sample` work as in A1111 (a Generation per `p`, step
-windows from the denoiser's step count, errors raised from `p.sample` or from the control's next call).
+every sampling pass, so nothing is ever removed: attaching clones the UnetPatcher, links a `CapHumanControl` into its
+`controlnet_linked_list` and assigns the clone back. Forge's sampler (`calc_cond_uncond_batch`) calls the chain's
+`get_control(x_noisy, sigma, cond, chunks)` once per UNet call, with the batch laid out as `chunks` copies of the
+images (one per cond or uncond entry), and the UNet adds `control['middle']` after its middle block and pops
+`control['output']` (deepest first) onto the skips. The lifecycle itself is `caphuman_ext.lifecycle.job`.
+
+Chunks of one call are the same latent: Forge crops a chunk's latent only for an area condition, and a cropped latent
+has another size, which the engine refuses (`CapFaceControl.check_latent`). So rows map to images by position alone
+(`rows.chunk_rows`), with no look at the data (no host sync).
 """
 
 from __future__ import annotations
@@ -17,24 +19,19 @@ import importlib
 import importlib.util
 import logging
 import weakref
-from collections.abc import Callable, Sequence
-from types import SimpleNamespace
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ..control import CapFaceControl
-from ..hook import check_compatible, compute_dtype
-from ..lifecycle.generation import CapHumanError, Generation, PreparedUnit
-from ..lifecycle.geometry import Frame
-from ..unit.infotext import to_infotext
-from ..unit.params import UnitParams
-from . import a1111
-from .a1111 import ATTRIBUTE, generation_of, low_vram, pass_frame, step_progress  # noqa: F401 - the adapter surface
+from ..engine import Pending
+from ..lifecycle.generation import CapHumanError, Generation
+from ..lifecycle.job import message
+from ..rows import RowPlan, chunk_rows
 
 log = logging.getLogger(__name__)
 Control = dict[str, list[torch.Tensor | None]]
-_ENDED: weakref.WeakSet = weakref.WeakSet()  # generations whose job has ended: their controls add nothing
+MIDDLE = ("middle", 0)  # transformer_options["block"] while Forge's UNet runs its middle block
 
 
 def detected() -> bool:
@@ -43,59 +40,6 @@ def detected() -> bool:
         return importlib.util.find_spec("modules_forge") is not None
     except (ImportError, ValueError):
         return False
-
-
-def ldm_blocks() -> tuple:
-    """(openaimodel, attention, util) for building CapFace where the webui has no `ldm` package (Forge Neo / Forge 2:
-    `backend.nn.unet` has ldm's blocks under ldm's names and constructor signatures)."""
-    from backend.nn import unet
-
-    util = SimpleNamespace(conv_nd=unet.conv_nd, linear=nn.Linear)
-    return unet, unet, util
-
-
-# residuals ---------------------------------------------------------------------------------------------------------
-def row_images(rows: int, chunks: int) -> torch.Tensor:
-    """Image index of each row of a Forge UNet batch: `chunks` (cond or uncond entries) × the images, in order."""
-    if chunks <= 0 or rows % chunks:
-        raise ValueError(f"a UNet batch of {rows} rows is not {chunks} equal chunks")
-    return torch.arange(rows) % (rows // chunks)
-
-
-def _chunks_identical(x: torch.Tensor, timesteps: torch.Tensor, chunks: int) -> bool:
-    """Whether every chunk has the same latent and timesteps (always so without area prompts)."""
-    if chunks <= 1:
-        return False
-    xs, ts = x.chunk(chunks), timesteps.chunk(chunks)
-    return all(torch.equal(xs[0], other) for other in xs[1:]) and all(torch.equal(ts[0], t) for t in ts[1:])
-
-
-def capface_residuals(controls: Sequence[CapFaceControl], x: torch.Tensor, timesteps: torch.Tensor,
-                      chunks: int = 1, dtype: torch.dtype | None = None) -> list[torch.Tensor] | None:
-    """The 13 summed residuals of the active controls for UNet input `x` (B, C, h, w) at `timesteps` (B,) — both as the
-    UNet receives them — masked and scaled per control; None when no control acts. Rows are `chunks` copies of the
-    images (cond, uncond ...); identical chunks share one CapFace pass, as the A1111 hook's cond and uncond rows do.
-    dtype: the UNet's compute dtype (default: x's)."""
-    active = [control for control in controls if control.enabled]
-    if not active:
-        return None
-    images = row_images(x.shape[0], chunks).to(x.device)
-    dtype = compute_dtype(dtype or x.dtype, x.device)
-    share = _chunks_identical(x, timesteps, chunks)
-    x_rows = x.chunk(chunks)[0] if share else x
-    t_rows = timesteps.chunk(chunks)[0] if share else timesteps
-    rows = images[: x_rows.shape[0]]
-    total: list[torch.Tensor] | None = None
-    with torch.no_grad():
-        for control in active:
-            if control.capface.device != x.device or control.capface.dtype != dtype:
-                control.capface.to(device=x.device, dtype=dtype)
-            control.check_latent(x)
-            outs = control.residuals(x_rows, t_rows, rows)
-            total = outs if total is None else [a + b for a, b in zip(total, outs, strict=True)]
-    if share:
-        total = [torch.cat([r] * chunks) for r in total]
-    return total
 
 
 def as_control(residuals: Sequence[torch.Tensor]) -> Control:
@@ -120,7 +64,6 @@ def merge_controls(ours: Control | None, previous: Control | None) -> Control | 
     return merged
 
 
-# the control Forge calls -------------------------------------------------------------------------------------------
 def _model_sampling(model) -> object | None:
     """The model's sigma <-> timestep object: Forge Classic `model_sampling`, Forge Neo / 2 `predictor`."""
     return getattr(model, "predictor", None) or getattr(model, "model_sampling", None)
@@ -140,9 +83,13 @@ def _unet_dtype(unet_patcher) -> torch.dtype:
 class CapHumanControl:
     """One link of Forge's ControlNet chain (the `ControlBase` interface): all of a generation's CapHuman units.
 
-    `get_control(x_noisy, sigma, cond, chunks)` returns the previous links' control plus CapHuman's residuals for the
-    UNet input Forge will compute from (`calculate_input(sigma, x)`, `timestep(sigma)`), or raises the generation's
-    error (Forge does not swallow what sampling raises).
+    `get_control(x_noisy, sigma, cond, chunks)` returns the previous links' control plus the engine's residuals for
+    the UNet input Forge will compute from (`calculate_input(sigma, x)`, `timestep(sigma)`), or raises the
+    generation's error (Forge does not swallow what sampling raises).
+
+    On CUDA the engine computes on a side stream. When this link is the whole chain (nobody reads its tensors before
+    the UNet does) and Forge's UNet runs block modifiers, the UNet's stream waits for it just before the middle block, so
+    CapFace overlaps the input blocks as in A1111; otherwise it waits when `get_control` returns.
     """
 
     def __init__(self, generation: Generation, model_sampling=None, unet_dtype: torch.dtype | None = None,
@@ -153,6 +100,9 @@ class CapHumanControl:
         self.patchers = list(patchers)
         self.previous_controlnet = None
         self.transformer_options: dict = {}
+        self.heads_chain = False  # set by the adapter each step from the chain Forge samples
+        self._modifier_runs = False  # Forge's UNet called `wait_before_middle` at least once
+        self._waiting: Pending | None = None
         # ControlBase fields some Forge code reads
         self.cond_hint_original = None
         self.cond_hint = None
@@ -172,6 +122,7 @@ class CapHumanControl:
             self.previous_controlnet.pre_run(model, percent_to_timestep_function)
 
     def cleanup(self) -> None:
+        self._waiting = None
         if self.previous_controlnet is not None:
             self.previous_controlnet.cleanup()
 
@@ -192,56 +143,61 @@ class CapHumanControl:
     def copy(self) -> CapHumanControl:
         return CapHumanControl(self.generation, self.model_sampling, self.unet_dtype, self.patchers)
 
+    def wait_before_middle(self, h: torch.Tensor, flag: str, transformer_options: dict) -> torch.Tensor:
+        """A Forge block modifier: the UNet's stream waits for the side-stream residuals before its middle block."""
+        if flag == "before" and transformer_options.get("block") == MIDDLE:
+            self._modifier_runs = True
+            if self._waiting is not None:
+                self._waiting.wait()
+                self._waiting = None
+        return h
+
     def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int,
                     *transformer_options: dict) -> Control | None:
         """Forge / Forge Neo call it with 4 arguments; reForge adds `transformer_options`, passed down the chain."""
-        if self.generation in _ENDED:  # a clone kept past its job (Forge resets forge_objects, others may not)
-            previous = self.previous_controlnet
-            return None if previous is None else previous.get_control(x_noisy, t, cond, batched_number,
-                                                                     *transformer_options)
-        self.generation.raise_if_failed()
-        if transformer_options:
-            self.transformer_options = transformer_options[0]
         previous = None
         if self.previous_controlnet is not None:
             previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, *transformer_options)
+        generation = self.generation
+        if generation.closed:  # a clone kept past its job (Forge resets forge_objects, others may not)
+            return previous
+        generation.raise_if_failed()
+        if transformer_options:
+            self.transformer_options = transformer_options[0]
+        if self._waiting is not None:  # the UNet did not run the modifier for the last call: never defer again
+            self._waiting.wait()
+            self._waiting = None
+            self._modifier_runs = False
         sampling = self.model_sampling
         if sampling is None:
             raise CapHumanError("CapHuman: Forge did not give the control its model (pre_run was not called)")
-        x = sampling.calculate_input(t, x_noisy)
-        timesteps = sampling.timestep(t).float()
         try:
-            residuals = capface_residuals(self.generation.controls, x, timesteps, batched_number, self.unet_dtype)
+            x = sampling.calculate_input(t, x_noisy)
+            timesteps = sampling.timestep(t).float()
+            rows = x.shape[0]
+            sources = chunk_rows(rows, rows // batched_number) if 0 < batched_number <= rows else None
+            pending = generation.engine.compute(x, timesteps, self.unet_dtype or x.dtype, sources)
         except CapHumanError:
             raise
         except Exception as error:  # noqa: BLE001 - shown to the user instead of a stack trace from inside Forge
-            self.generation.fail(a1111._message(error))
-            raise CapHumanError(self.generation.error) from error
-        if residuals is None:
+            generation.fail(message(error))
+            raise CapHumanError(generation.error) from error
+        if pending is None:
             return previous
-        for control in self.generation.controls:
-            if control.enabled:
-                control.applied_calls += 1
-        return merge_controls(as_control(residuals), previous)
+        if self.heads_chain and previous is None and self._modifier_runs and pending.ready is not None:
+            self._waiting = pending
+        else:
+            pending.wait()
+        pending.delivered()
+        return merge_controls(as_control(pending.residuals), previous)
 
 
-# lifecycle ---------------------------------------------------------------------------------------------------------
-def forge_model(p, denoiser=None):
-    """The model object Forge samples now: the denoiser's (it follows a refiner switch), else `p.sd_model`."""
-    inner = getattr(getattr(denoiser, "inner_model", None), "inner_model", None)
-    return inner if getattr(inner, "forge_objects", None) is not None else p.sd_model
+class _FailingControl(CapHumanControl):
+    """The link that carries an error into Forge's sampling (raised from its first `get_control`)."""
 
-
-def diffusion_model(unet_patcher) -> nn.Module:
-    return unet_patcher.model.diffusion_model
-
-
-def start(p, args: Sequence, prepare: Callable[[UnitParams, int], PreparedUnit], render: Callable,
-          offload: bool, describe: Callable[[UnitParams], str] = to_infotext) -> Generation | None:
-    """`process`: `a1111.start`, with the CapFaces checked against Forge's UNet."""
-    end(p)
-    return a1111.start(p, args, prepare, render, offload, describe, model_of=lambda p: p.sd_model,
-                       unet_of=lambda model: diffusion_model(model.forge_objects.unet))
+    def get_control(self, *args, **kwargs) -> Control | None:
+        self.generation.raise_if_failed()
+        return super().get_control(*args, **kwargs)
 
 
 def _normal_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -251,11 +207,6 @@ def _normal_tensor(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     with torch.inference_mode(False):
         return tensor.clone()
-
-
-def arm(generation: Generation, frame: Frame, latent_hw: tuple[int, int]) -> list[CapFaceControl]:
-    """The generation's controls with this pass's hints (`Generation.arm`), copied out of Forge's inference mode."""
-    return generation.arm(frame, latent_hw, adopt=_normal_tensor)
 
 
 def _patcher_class() -> type | None:
@@ -268,9 +219,6 @@ def _patcher_class() -> type | None:
     return None
 
 
-_PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 class ManagedCapFace(nn.Module):
     """What Forge's memory management holds: a container, since its ModelPatchers set attributes of their own on the
     module they manage (reForge: `model.device = ...`, which CapFace's read-only `device` refuses)."""
@@ -280,97 +228,98 @@ class ManagedCapFace(nn.Module):
         self.capface = capface
 
 
+_PATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _patchers(generation: Generation, unet_patcher) -> list:
     """One memory-managed patcher per CapFace, made once per generation; the control's `get_models()` hands them to
     Forge, which loads them with the UNet and unloads them when it needs the memory (as its own ControlNets)."""
     if generation not in _PATCHERS:
         make = _patcher_class()
+        capfaces = list({id(unit.capface): unit.capface for unit in generation.units}.values())
         try:
             _PATCHERS[generation] = [] if make is None else [
-                make(ManagedCapFace(unit.capface), load_device=unet_patcher.load_device,
+                make(ManagedCapFace(capface), load_device=unet_patcher.load_device,
                      offload_device=unet_patcher.offload_device)
-                for unit in generation.units]
-        except Exception:  # noqa: BLE001 - without them the control moves CapFace to the UNet's device itself
+                for capface in capfaces]
+        except Exception:  # noqa: BLE001 - without them the engine moves CapFace to the UNet's device itself
             log.warning("CapHuman: Forge's memory management did not take CapFace", exc_info=True)
             _PATCHERS[generation] = []
     return _PATCHERS[generation]
 
 
-def attach(generation: Generation, model) -> CapHumanControl:
-    """Clone `model.forge_objects.unet`, link a CapHumanControl into it and assign the clone back."""
-    unet_patcher = model.forge_objects.unet
-    if generation.error is None:
-        check_compatible(diffusion_model(unet_patcher), generation.controls)
-    control = CapHumanControl(generation, _model_sampling(unet_patcher.model),
-                              _unet_dtype(unet_patcher) if generation.error is None else None,
-                              _patchers(generation, unet_patcher) if generation.error is None else ())
-    clone = unet_patcher.clone()
-    clone.add_patched_controlnet(control)
-    model.forge_objects.unet = clone
-    return control
-
-
-def attached(generation: Generation, model) -> bool:
-    """Whether the UNet `model` samples holds this generation's control."""
-    pointer = getattr(model.forge_objects.unet, "controlnet_linked_list", None)
+def _chain(unet_patcher) -> list:
+    found, pointer = [], getattr(unet_patcher, "controlnet_linked_list", None)
     while pointer is not None:
-        if isinstance(pointer, CapHumanControl) and pointer.generation is generation:
-            return True
+        found.append(pointer)
         pointer = pointer.previous_controlnet
-    return False
+    return found
 
 
-def _fail(generation: Generation, error: Exception, model) -> None:
-    """Record the error; a control that raises it joins the chain (the webui swallows the callback's exception)."""
-    generation.fail(a1111._message(error))
-    try:
-        if not attached(generation, model):
-            attach(generation, model)
-    except Exception:  # noqa: BLE001 - p.sample still raises it
-        log.exception("CapHuman: could not attach the error")
+def _ours(generation: Generation, model) -> CapHumanControl | None:
+    for link in _chain(model.forge_objects.unet):
+        if isinstance(link, CapHumanControl) and link.generation is generation:
+            return link
+    return None
 
 
-def end(p) -> None:
-    """`postprocess` (and the start of the next job on the same `p`): the job's controls stop acting, wherever a
-    clone holding them is kept."""
-    generation = generation_of(p)
-    if generation is not None:
-        _ENDED.add(generation)
-    a1111.end(p)
+class ForgeHost:
+    """`lifecycle.host.Host` for the Forge family."""
+
+    name = "Forge"
+
+    def sampled_model(self, p, denoiser=None):
+        """The denoiser's model (it follows a refiner switch), else `p.sd_model`."""
+        inner = getattr(getattr(denoiser, "inner_model", None), "inner_model", None)
+        return inner if getattr(inner, "forge_objects", None) is not None else p.sd_model
+
+    def unet(self, model) -> nn.Module:
+        return model.forge_objects.unet.model.diffusion_model
+
+    def attached(self, generation: Generation, model) -> bool:
+        control = _ours(generation, model)
+        if control is not None:
+            control.heads_chain = model.forge_objects.unet.controlnet_linked_list is control
+        return control is not None and not isinstance(control, _FailingControl)
+
+    def _link(self, model, control: CapHumanControl) -> None:
+        clone = model.forge_objects.unet.clone()
+        clone.add_patched_controlnet(control)
+        add_modifier = getattr(clone, "add_block_modifier", None)
+        if callable(add_modifier):
+            add_modifier(control.wait_before_middle)
+        model.forge_objects.unet = clone
+
+    def attach(self, generation: Generation, model) -> None:
+        if self.attached(generation, model):
+            return
+        unet_patcher = model.forge_objects.unet
+        self._link(model, CapHumanControl(generation, _model_sampling(unet_patcher.model), _unet_dtype(unet_patcher),
+                                          _patchers(generation, unet_patcher)))
+
+    def detach(self, generation: Generation, final: bool = False) -> None:
+        """Nothing to remove: Forge resets `forge_objects` before every pass; a kept clone checks `closed`."""
+
+    def fail(self, generation: Generation, model) -> None:
+        if not any(isinstance(link, _FailingControl) and link.generation is generation
+                   for link in _chain(model.forge_objects.unet)):
+            self._link(model, _FailingControl(generation, _model_sampling(model.forge_objects.unet.model)))
+
+    def step_rows(self, params) -> RowPlan | None:
+        """None: each Forge call says its own layout (`chunks`), read in `get_control`."""
+        return None
+
+    def adopt(self, hint: torch.Tensor) -> torch.Tensor:
+        return _normal_tensor(hint)
+
+    def low_vram(self) -> bool:
+        from modules import shared
+
+        options = getattr(shared, "cmd_opts", None)
+        return any(bool(getattr(options, flag, False)) for flag in ("lowvram", "medvram", "always_low_vram",
+                                                                     "always_no_vram"))
 
 
-def before_sampling(p, latent: torch.Tensor) -> None:
-    """`process_before_every_sampling`: this pass's hints, a control on a clone of the UNet Forge samples."""
-    generation = generation_of(p)
-    if generation is None:
-        return
-    model = p.sd_model
-    if generation.error is not None:
-        _fail(generation, CapHumanError(generation.error), model)
-        return
-    try:
-        latent_hw = tuple(latent.shape[-2:])
-        arm(generation, pass_frame(p, latent_hw), latent_hw)
-        attach(generation, model)
-    except Exception as error:  # noqa: BLE001 - raised from sampling instead (the webui swallows it here)
-        _fail(generation, error, model)
+HOST = ForgeHost()
 
-
-def on_cfg_denoiser(params) -> None:
-    """Every step: the units' windows and pose-only phase; after a refiner switch, the control on the new UNet."""
-    p = getattr(params.denoiser, "p", None)
-    generation = generation_of(p)
-    if generation is None or generation.error is not None or not generation.controls:
-        return
-    model = forge_model(p, params.denoiser)
-    try:
-        if not attached(generation, model):
-            attach(generation, model)
-        generation.step(step_progress(params), None)
-    except Exception as error:  # noqa: BLE001 - raised from the control's next call instead
-        _fail(generation, error, model)
-
-
-__all__ = ["CapHumanControl", "CapHumanError", "as_control", "attach", "before_sampling", "capface_residuals",
-           "detected", "end", "generation_of", "ldm_blocks", "low_vram", "merge_controls", "on_cfg_denoiser",
-           "row_images", "start"]
+__all__ = ["HOST", "CapHumanControl", "ForgeHost", "ManagedCapFace", "as_control", "detected", "merge_controls"]

@@ -1,5 +1,6 @@
-"""One generation's CapHuman state: its units, the hints it rendered per sampling pass, the hook on the UNet being
-sampled, and the error that stops it. Created by a host adapter for one job and dropped with it."""
+"""One generation's CapHuman state: its units, the hints it rendered per sampling pass, the residual engine the host
+attaches to the UNet it samples, and the error that stops it. Made by `lifecycle.job` for one job, dropped with it.
+Imports nothing from the webui or from `caphuman_ext.hosts`."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..capface import CapFace
 from ..control import CapFaceControl
+from ..engine import ResidualEngine
 from ..graphs import GraphCache, release_shared_graphs, shared_graphs
-from ..hook import IncompatibleUNetError, UNetHook, check_compatible
+from ..rows import RowPlan
 from .geometry import Frame, render_plan
-from .rows import RowPlan
 
 
 class CapHumanError(RuntimeError):
@@ -53,14 +53,19 @@ def in_window(progress: float, start: float, end: float) -> bool:
     return start <= progress and (progress < end or end >= 1.0)
 
 
+def acts_in_pass(passes: str, hires: bool) -> bool:
+    """Whether a unit set to act in `passes` acts in this pass (`hires`: the hires-fix second pass)."""
+    return passes == "both" or passes == ("hires" if hires else "first")
+
+
 class Generation:
     """What CapHuman does for one job.
 
-    `attach(unet, frame, latent_hw)` at each sampling start (hints rendered for that latent, cached per frame and
-    size; the hook moved to `unet` if it is another model), `step(progress, plan)` each sampling step,
-    `follow(unet)` when the host swaps the model mid-sampling (refiner), `detach()` when a sampling ends,
-    `close()` at the end of the job. `fail(message)` records an error that the host raises from the next point it
-    does not swallow (`raise_if_failed`, or the UNet's first call through `arm_failure`).
+    `prepare_pass(frame, latent_hw, hires)` at each sampling start (hints rendered for that latent, cached per frame
+    and size); the host then attaches `engine` to the UNet it samples. `step(progress, plan)` each sampling step,
+    `end_sampling()` when a sampling ends, `close()` at the end of the job. `fail(message)` records an error that the
+    host raises from the next point it does not swallow; `stop(note)` ends the units' work for the rest of the job
+    without an error (a refiner of another model family took over).
     """
 
     def __init__(self, units: Sequence[PreparedUnit], render: RenderCanvas, offload: bool = False,
@@ -71,11 +76,13 @@ class Generation:
         # captured CapFace passes: kept across generations (a graph copies in each generation's hint and context)
         self.graphs = graphs if graphs is not None else shared_graphs()
         self.error: str | None = None
+        self.stopped: str | None = None  # why the units stopped acting mid-job (shown in the infotext)
+        self.closed = False
         self.controls: list[CapFaceControl] = []
-        self.hook: UNetHook | None = None
+        self.engine = ResidualEngine([], graphs=self.graphs)
+        self.hires = False  # whether the current sampling pass is the hires-fix pass
         self._hints: dict[tuple, list[torch.Tensor]] = {}
         self._hint_sources: list[torch.Tensor] = []  # the rendered hints the controls hold (or were adopted from)
-        self._failure: torch.utils.hooks.RemovableHandle | None = None
         self.extras: list = []  # images the host adds to the job's output (score overlays)
         self.described: set[int] = set()  # unit positions whose infotext this job wrote
 
@@ -86,29 +93,20 @@ class Generation:
         return generation
 
     # errors ------------------------------------------------------------------------------------------------------
-    def fail(self, message: str, unet: nn.Module | None = None) -> None:
-        """Record the first error; with `unet`, its next call raises it (hosts swallow errors elsewhere)."""
+    def fail(self, message: str) -> None:
+        """Record the first error (the host raises it from sampling; hosts swallow errors elsewhere)."""
         self.error = self.error or message
-        self.detach()
-        if unet is not None:
-            self.arm_failure(unet)
-
-    def arm_failure(self, unet: nn.Module) -> None:
-        def stop(module: nn.Module, args: tuple) -> None:
-            self.disarm_failure()
-            raise CapHumanError(self.error)
-
-        self.disarm_failure()
-        self._failure = unet.register_forward_pre_hook(stop)
-
-    def disarm_failure(self) -> None:
-        if self._failure is not None:
-            self._failure.remove()
-            self._failure = None
+        self.end_sampling()
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
             raise CapHumanError(self.error)
+
+    def stop(self, note: str) -> None:
+        """The units add nothing more in this job (what was sampled so far is kept); `note` says why."""
+        self.stopped = self.stopped or note
+        for control in self.controls:
+            control.active = False
 
     # sampling ----------------------------------------------------------------------------------------------------
     def hints(self, frame: Frame, latent_hw: tuple[int, int]) -> list[torch.Tensor]:
@@ -117,58 +115,40 @@ class Generation:
             self._hints[key] = [hint_for_frame(self.render, unit.params, frame, latent_hw) for unit in self.units]
         return self._hints[key]
 
-    def arm(self, frame: Frame, latent_hw: tuple[int, int],
-            adopt: Callable[[torch.Tensor], torch.Tensor] = lambda hint: hint) -> list[CapFaceControl]:
+    def prepare_pass(self, frame: Frame, latent_hw: tuple[int, int], hires: bool = False,
+                     adopt: Callable[[torch.Tensor], torch.Tensor] = lambda hint: hint) -> list[CapFaceControl]:
         """The controls with this pass's hints (made once per frame and size); `adopt` turns a rendered hint into
         the tensor a control holds (Forge: out of inference mode). Raises CapHumanError after a failure."""
         self.raise_if_failed()
+        self.hires = hires
         hints = self.hints(frame, latent_hw)
         if not self.controls:
             self.controls = [CapFaceControl(unit.capface, hint=adopt(hint), context=unit.context,
                                             strength=float(unit.params.strength))
                              for unit, hint in zip(self.units, hints, strict=True)]
+            self.engine.controls = list(self.controls)
         else:
             for index, (control, hint) in enumerate(zip(self.controls, hints, strict=True)):
                 if self._hint_sources[index] is not hint:
                     control.hint = adopt(hint)
         self._hint_sources = list(hints)
+        self.step(0.0, None)
         return self.controls
 
-    def attach(self, unet: nn.Module, frame: Frame, latent_hw: tuple[int, int]) -> None:
-        """Hints for this pass's latent and the hook on `unet`; raises CapHumanError when they cannot be made."""
-        self.arm(frame, latent_hw)
-        self.follow(unet)
-
-    def follow(self, unet: nn.Module) -> None:
-        """Keep the hook on `unet`: moved there when the host samples another model (refiner, hires checkpoint)."""
-        if self.hook is not None and self.hook.unet is unet:
-            if not self.hook.installed:
-                self.hook.install()
-            return
-        if self.hook is not None:
-            self.hook.remove()
-            self.hook = None
-        try:
-            self.hook = UNetHook(unet, self.controls, graphs=self.graphs).install()
-        except IncompatibleUNetError as error:
-            raise CapHumanError(f"CapHuman: {error}") from error
-
     def step(self, progress: float, plan: RowPlan | None) -> None:
-        """Per sampling step: each unit's window and pose-only phase at `progress` (fraction of this pass's
-        steps), and the step's CFG row layout."""
+        """Per sampling step: each unit's window, pass choice and pose-only phase at `progress` (fraction of this
+        pass's steps), and the step's row layout."""
         for unit, control in zip(self.units, self.controls, strict=True):
             params = unit.params
-            control.active = in_window(progress, params.start, params.end)
+            control.active = self.stopped is None and acts_in_pass(getattr(params, "passes", "both"), self.hires) \
+                and in_window(progress, params.start, params.end)
             control.identity_on = progress >= params.pose_only
-        if self.hook is not None:
-            self.hook.row_plan = plan
+        self.engine.plan = plan
 
-    def detach(self) -> None:
-        """Sampling ended: no hook stays (later passes of other scripts see a plain UNet)."""
-        if self.hook is not None:
-            self.hook.detach()
-            self.hook.row_plan = None
-        self.disarm_failure()
+    def end_sampling(self) -> None:
+        """Sampling ended: nothing refers to this sampling's rows; CapFace back to the CPU when offloading."""
+        self.engine.plan = None
+        self.engine.forget()
         if self.offload:
             for unit in self.units:
                 unit.capface.to("cpu")
@@ -176,10 +156,8 @@ class Generation:
                 release_shared_graphs()  # their weights moved: the graphs are invalid and hold GPU memory
 
     def close(self) -> None:
-        self.detach()
-        if self.hook is not None:
-            self.hook.remove()
-        self.hook = None
+        self.end_sampling()
+        self.closed = True
         self._hints.clear()
         self.graphs.release_sources()  # graphs stay; this job's tensors go
 
@@ -189,4 +167,4 @@ class Generation:
             [False] * len(self.units)
 
 
-__all__ = ["CapHumanError", "Generation", "PreparedUnit", "check_compatible", "hint_for_frame", "in_window"]
+__all__ = ["CapHumanError", "Generation", "PreparedUnit", "acts_in_pass", "hint_for_frame", "in_window"]

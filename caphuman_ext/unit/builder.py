@@ -4,14 +4,12 @@ preprocessors (both cache by photo content)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from caphuman_ext.capface import CapFace
 from caphuman_ext.checkpoint import load_capface
-from caphuman_ext.control import CapFaceControl
 from caphuman_ext.lifecycle.generation import PreparedUnit
 from preprocessors.head.assets import HeadAssets
 from preprocessors.head.codes import DEFAULT_MODES
@@ -20,14 +18,6 @@ from preprocessors.identity import IdentityEncoder, IdentityModelPaths
 
 from .models import list_capface_models
 from .params import UnitParams, UnitValidationError
-from .schedule import pose_only_tau
-
-
-@dataclass
-class BuiltUnit:
-    params: UnitParams
-    control: CapFaceControl
-    hint_size: tuple[int, int]
 
 
 def manual_head(unit: UnitParams) -> ManualHead:
@@ -100,15 +90,6 @@ class UnitBuilder:
         with torch.no_grad():
             context = capface.identity_context(identity.clip_tokens, identity.face_embedding)
         return PreparedUnit(unit, capface, context.detach(), position, path.name)
-
-    def build(self, unit: UnitParams, width: int, height: int, device: torch.device) -> BuiltUnit:
-        """A unit as one control for a W×H picture (Python API; the webui renders per pass through `prepare`).
-        Its pose-only phase is the reference's timestep threshold tau."""
-        prepared = self.prepare(unit, device)
-        control = CapFaceControl(prepared.capface, hint=self.hint(unit, width, height, device),
-                                 context=prepared.context, strength=unit.strength,
-                                 drop_identity_above_t=pose_only_tau(unit.pose_only))
-        return BuiltUnit(unit, control, (width, height))
 
     def offload(self) -> None:
         for capface in self.capfaces.values():

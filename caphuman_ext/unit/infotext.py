@@ -17,6 +17,7 @@ from .params import (
     _face_index,
     _finite,
     check_model_name,
+    check_passes,
     parse_modes,
 )
 from .photo_store import is_photos_hash, photos_hash
@@ -24,6 +25,7 @@ from .photo_store import is_photos_hash, photos_hash
 SAVED = [n for n in FIELD_ORDER if n not in ("enabled", "reference_images", "more_reference_images", "pose_image",
                                              "allow_whole_image")]
 PHOTOS = "photos"
+NOTE_KEY = "CapHuman note"  # why CapHuman stopped before the end of the job (a refiner of another model family)
 
 
 def infotext_key(position: int) -> str:
@@ -66,6 +68,8 @@ def _parse(name: str, value: str) -> Any:
         return value
     if name == "face_index":
         return _face_index(value)
+    if name == "passes":
+        return check_passes(value)
     number = _finite(value, name)
     low, high = RANGES[name]
     if not low <= number <= high:

@@ -21,6 +21,7 @@ from preprocessors.head.frames import RESIZE_MODES
 from preprocessors.identity.errors import ImageError
 from preprocessors.identity.image_io import MAX_PHOTO_BYTES, PhotoTooLargeError, decode_photo, load_image
 
+PASSES = ("both", "first", "hires")  # values of `passes` (API, infotext, X/Y/Z)
 MAX_PHOTOS = 8  # reference photos per unit (the first plus the UI's "more photos")
 MAX_FACE_INDEX = 32
 MAX_MODEL_NAME = 255
@@ -66,6 +67,7 @@ class UnitParams:
     light_pitch: float = 0.0
     light_strength: float = 0.0  # 0: the photo's own light
     more_reference_images: list = field(default_factory=list)  # the UI's extra photos of the same person
+    passes: str = "both"  # the sampling passes the unit acts in: both, the first only, the hires pass only
 
 
 FIELD_ORDER = [f.name for f in fields(UnitParams)]
@@ -193,6 +195,12 @@ def parse_modes(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def check_passes(value: Any) -> str:
+    if not isinstance(value, str) or value not in PASSES:
+        raise UnitValidationError("passes", f"choose from {list(PASSES)}, got {describe(value)}")
+    return value
+
+
 def check_model_name(value: Any) -> str:
     if not isinstance(value, str):
         raise UnitValidationError("model", f"expected a model file name, got {describe(value)}")
@@ -247,6 +255,8 @@ def unit_from_dict(data: dict) -> UnitParams:
             unit.model = check_model_name(value)
         elif name == "modes":
             unit.modes = parse_modes(value)
+        elif name == "passes":
+            unit.passes = check_passes(value)
         elif name == "resize_mode":
             if not isinstance(value, str) or value not in RESIZE_MODES:
                 raise UnitValidationError(name, f"choose from {list(RESIZE_MODES)}, got {describe(value)}")
