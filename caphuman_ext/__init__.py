@@ -1,10 +1,13 @@
-"""CapHuman for the AUTOMATIC1111 webui: CapFace, its checkpoint loading and the UNet residual hook."""
+"""CapHuman for the webui (AUTOMATIC1111, Forge): CapFace, its checkpoint loading, the residual engine and the A1111
+module hook."""
 
 from .capface import CapFace
 from .checkpoint import CheckpointError, load_capface, read_clip_vision_state_dict
 from .config import CapFaceConfig, derive_config
 from .control import CapFaceControl
+from .engine import ResidualEngine
 from .hook import IncompatibleUNetError, UNetHook, hook_unet
+from .rows import RowPlan
 
 __all__ = [
     "CapFace",
@@ -12,6 +15,8 @@ __all__ = [
     "CapFaceControl",
     "CheckpointError",
     "IncompatibleUNetError",
+    "ResidualEngine",
+    "RowPlan",
     "UNetHook",
     "derive_config",
     "hook_unet",

@@ -434,8 +434,8 @@ def test_forge_path_puts_the_change_where_the_head_is(unet):
     x, text, uncond = latent_inputs()
     sigma = DiscreteEps().sigma(torch.tensor([500, 500]))
     centroids = []
-    for center_x in (0.3, 0.7):
-        hint = sphere_hint(LATENT[1] * 8, LATENT[0] * 8, center_x=center_x, radius=0.3)
+    for center_x in (0.25, 0.75):
+        hint = sphere_hint(LATENT[1] * 8, LATENT[0] * 8, center_x=center_x, radius=0.22)
         with torch.no_grad():
             context = capface.identity_context(*identity()[1:])
         generation = Generation([PreparedUnit(unit_params(), capface, context)], render=lambda *_, hint=hint: hint)

@@ -33,7 +33,7 @@ def test_units_sharing_a_capface_equal_the_reference_one_by_one():
                                  [(c, h.repeat(2, 1, 1, 1), clip.repeat(2, 1, 1), face.repeat(2, 1, 1), s, tau)
                                   for c, h, clip, face, s, tau in units])
         for sources in (None, [0, 1, 0, 1]):
-            with caphuman_ext.hook_unet(unet, controls, rows=RowPlan.fixed(sources)):
+            with caphuman_ext.hook_unet(unet, controls, rows=None if sources is None else RowPlan.fixed(sources)):
                 if sources is None:  # every row on its own: per-row conditioning must cover all 4 rows
                     for control, (_, h, clip, face, _, _) in zip(controls, units, strict=True):
                         control.hint = h.repeat(2, 1, 1, 1)
