@@ -359,11 +359,23 @@ def test_prompt_matrix_with_different_sub_prompt_counts(photo, model_name):
     assert changed(images[1], alone_steered[0]).max() <= max(6, 2 * noise)
 
 
+def xyz_args(xyz: dict, axis: int, values: str) -> list:
+    """X/Y/Z plot's arguments as script-info lists them (Neo adds a row count): the X axis set, no Y or Z, every
+    cell returned as an image of its own, the rest at their defaults."""
+    args = [arg.get("value") for arg in xyz["args"]]
+    args[:9] = [axis, values, [], 0, "", [], 0, "", []]
+    wanted = {"Draw legend": True, "Include Sub Images": True, "Include Sub Grids": False, "Keep -1 for seeds": False}
+    for index, arg in enumerate(xyz["args"]):
+        if arg.get("label") in wanted:
+            args[index] = wanted[arg["label"]]
+    return args
+
+
 def test_xyz_plot_strength_axis(photo, model_name):
     status, infos = call("/sdapi/v1/script-info")
     xyz = next(s for s in infos if s["name"] == "x/y/z plot" and not s["is_img2img"])
     axis = xyz["args"][0]["choices"].index("[CapHuman] Strength")
-    script_args = [axis, "0, 0.5, 1.5", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
+    script_args = xyz_args(xyz, axis, "0, 0.5, 1.5")
     payload = {**BASE, "script_name": "x/y/z plot", "script_args": script_args}
     unit = {"enabled": True, "reference_images": [photo], "model": model_name}
     plain = plain_images("txt2img", with_scripts(BASE))
