@@ -74,7 +74,10 @@ def hires(**fields) -> dict:
             **HIRES_EXTRA, **fields}
 
 
-BASE = {"prompt": "a portrait photo", "negative_prompt": "", "steps": 4, "width": 128, "height": 128, "seed": 1234,
+# Forge Classic, random CLIP-L: the empty prompt's conditioning makes every CFG > 1 image NaN (black; cfg 1 or a
+# non-empty negative prompt give finite images), so Forge hosts get a negative prompt.
+NEGATIVE = "blurry" if FORGE else ""
+BASE = {"prompt": "a portrait photo", "negative_prompt": NEGATIVE, "steps": 4, "width": 128, "height": 128, "seed": 1234,
         "sampler_name": "Euler a", "cfg_scale": 7, "override_settings": {"sd_model_checkpoint": CHECKPOINT}}
 
 
