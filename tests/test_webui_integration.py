@@ -1,10 +1,17 @@
-"""Drive a real AUTOMATIC1111 v1.10.1 over HTTP (docs/webui_testing.md); every assertion is on decoded pixels.
+"""Drive a real AUTOMATIC1111 v1.10.1, Forge Neo or Forge Classic over HTTP (docs/webui_testing.md, docs/forge.md);
+every assertion is on decoded pixels.
 
 Skipped unless CAPHUMAN_WEBUI_DIR is set. The webui answers at CAPHUMAN_WEBUI_URL (default http://127.0.0.1:7860)
 with this extension, the test-only `caphuman-probe` extension (docs/webui-testing/caphuman-probe), the tiny
 checkpoints of docs/webui-testing/make_tiny_webui_models.py (tiny-sd15 loaded, tiny-sd15-b, tiny-sd15-inpainting)
 and the tiny CapHuman files in models/CapHuman. CAPHUMAN_TEST_PHOTO is a reference photo with a face (default:
 scikit-image's astronaut).
+
+The host is CAPHUMAN_WEBUI_HOST (a1111, neo, classic), else read from `/sdapi/v1/cmd-flags`. Forge detects the
+model type from the tensors, so a Forge host runs on full-size random SD1.5 checkpoints (make_rand_sd15.py:
+`rand-sd15`, `rand-sd15-b`, `rand-sd15-inpainting`; CAPHUMAN_WEBUI_CHECKPOINT overrides the first) with an
+SD1.5-width steerable CapFace. Neo's payloads differ where Neo does: hires needs `hr_additional_modules`, there is
+no "Latent" upscaler, sizes are multiples of 64.
 
 Every CapHuman case checks the two things a user relies on: CapHuman changed the picture (with the steerable CapFace,
 inside the rendered head region more than outside), and the plain generation right after is bit-identical to the plain
@@ -28,8 +35,50 @@ pytestmark = pytest.mark.skipif(not os.environ.get("CAPHUMAN_WEBUI_DIR"), reason
 
 STEERABLE = "caphuman_steerable.safetensors"
 RANDOM = "caphuman_tiny.safetensors"
-BASE = {"prompt": "a portrait photo", "negative_prompt": "", "steps": 4, "width": 128, "height": 128, "seed": 1234,
-        "sampler_name": "Euler a", "cfg_scale": 7, "override_settings": {"sd_model_checkpoint": "tiny-sd15"}}
+
+
+def detect_host() -> str:
+    """a1111, neo or classic: CAPHUMAN_WEBUI_HOST, else the flags the running webui accepts (Neo's launcher has
+    `--uv`, Classic's `--forge-ref-a1111-home` and no `--uv`, A1111 neither)."""
+    if os.environ.get("CAPHUMAN_WEBUI_HOST"):
+        return os.environ["CAPHUMAN_WEBUI_HOST"]
+    if not os.environ.get("CAPHUMAN_WEBUI_DIR"):
+        return "a1111"
+    try:
+        with urllib.request.urlopen(URL + "/sdapi/v1/cmd-flags", timeout=30) as response:
+            flags = json.loads(response.read())
+    except (OSError, ValueError):
+        return "a1111"
+    if "uv" in flags:
+        return "neo"
+    return "classic" if "forge_ref_a1111_home" in flags else "a1111"
+
+
+HOST = detect_host()
+FORGE = HOST in ("neo", "classic")
+CHECKPOINT = os.environ.get("CAPHUMAN_WEBUI_CHECKPOINT") or ("rand-sd15" if FORGE else "tiny-sd15")
+CHECKPOINT_B = "rand-sd15-b" if FORGE else "tiny-sd15-b"  # same shapes, other weights: refiner / hires checkpoint
+INPAINTING = "rand-sd15-inpainting" if FORGE else "tiny-sd15-inpainting"
+REAL_WIDTH = CHECKPOINT if FORGE else "mid-sd15"  # a checkpoint with SD1.5's widths
+LATENT = "Lanczos" if HOST == "neo" else "Latent"  # Neo has no "Latent" upscaler
+HIRES_EXTRA = {"hr_additional_modules": ["Use same choices"]} if HOST == "neo" else {}  # else Neo's hires is a 500
+
+
+def size(pixels: int) -> int:
+    """A size the host takes: Neo's are multiples of 64."""
+    return -(-pixels // 64) * 64 if HOST == "neo" else pixels
+
+
+def hires(**fields) -> dict:
+    return {"enable_hr": True, "denoising_strength": 0.6, "hr_second_pass_steps": 2, "hr_upscaler": LATENT,
+            **HIRES_EXTRA, **fields}
+
+
+# Forge Classic, random CLIP-L: the empty prompt's conditioning makes every CFG > 1 image NaN (black; cfg 1 or a
+# non-empty negative prompt give finite images), so Forge hosts get a negative prompt.
+NEGATIVE = "blurry" if FORGE else ""
+BASE = {"prompt": "a portrait photo", "negative_prompt": NEGATIVE, "steps": 4, "width": 128, "height": 128, "seed": 1234,
+        "sampler_name": "Euler a", "cfg_scale": 7, "override_settings": {"sd_model_checkpoint": CHECKPOINT}}
 
 
 def call(path: str, payload: dict | None = None) -> tuple[int, dict]:
@@ -157,17 +206,12 @@ def test_version_and_models():
 TXT2IMG = {
     "batch_size_2": {"batch_size": 2},
     "batch_count_2": {"n_iter": 2},
-    "hires_latent_x1.5": {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
-                          "hr_second_pass_steps": 2},
-    "hires_x1.3": {"enable_hr": True, "hr_scale": 1.3, "hr_upscaler": "Latent", "denoising_strength": 0.6,
-                   "hr_second_pass_steps": 2},
-    "hires_lanczos_x1.5": {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.6,
-                           "hr_second_pass_steps": 2},
-    "hires_resize_to_192x128": {"enable_hr": True, "hr_resize_x": 192, "hr_resize_y": 128, "hr_upscaler": "Latent",
-                                "denoising_strength": 0.6, "hr_second_pass_steps": 2},
-    "hires_batch_count_2": {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
-                            "hr_second_pass_steps": 2, "n_iter": 2},
-    "width_132": {"width": 132},
+    "hires_latent_x1.5": hires(hr_scale=1.5),
+    "hires_x1.3": hires(hr_scale=1.3),
+    "hires_lanczos_x1.5": hires(hr_scale=1.5, hr_upscaler="Lanczos"),
+    "hires_resize_to_192x128": hires(hr_resize_x=192, hr_resize_y=128),
+    "hires_batch_count_2": hires(hr_scale=1.5, n_iter=2),
+    "width_132": {"width": size(132)},
     "dpmpp_2m_karras": {"sampler_name": "DPM++ 2M", "scheduler": "Karras"},
 }
 
@@ -233,8 +277,8 @@ def box_mask(box: tuple[int, int, int, int], size: int = 128) -> str:
 
 IMG2IMG = {
     "img2img": {},
-    "img2img_resize_by_1.3": {"width": int(128 * 1.3), "height": int(128 * 1.3)},  # modules/img2img.py's arithmetic
-    "img2img_just_resize_to_96x160": {"width": 96, "height": 160, "resize_mode": 0},
+    "img2img_resize_by_1.3": {"width": size(int(128 * 1.3)), "height": size(int(128 * 1.3))},  # img2img.py's sums
+    "img2img_just_resize_to_96x160": {"width": size(96), "height": size(160), "resize_mode": 0},
     "inpaint_whole_picture": {"mask": box_mask((32, 16, 96, 112)), "inpainting_fill": 1, "inpaint_full_res": False},
 }
 
@@ -285,11 +329,14 @@ def loaded_checkpoint():
 
     yield load
     if names:
-        call("/sdapi/v1/options", {"sd_model_checkpoint": "tiny-sd15"})
+        call("/sdapi/v1/options", {"sd_model_checkpoint": CHECKPOINT})
 
 
 def test_inpainting_checkpoint(photo, model_name, loaded_checkpoint):
-    loaded_checkpoint("tiny-sd15-inpainting")
+    call("/sdapi/v1/refresh-checkpoints", {})
+    if INPAINTING not in [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]:
+        pytest.skip(f"no {INPAINTING} checkpoint")
+    loaded_checkpoint(INPAINTING)
     payload = {**BASE, "init_images": [square_image()], "mask": box_mask((32, 16, 96, 112)),
                "denoising_strength": 0.8, "inpainting_fill": 1, "override_settings": {}}
     generate("img2img", with_scripts(payload))  # warm-up (see loaded_checkpoint)
@@ -315,11 +362,23 @@ def test_prompt_matrix_with_different_sub_prompt_counts(photo, model_name):
     assert changed(images[1], alone_steered[0]).max() <= max(6, 2 * noise)
 
 
+def xyz_args(xyz: dict, axis: int, values: str) -> list:
+    """X/Y/Z plot's arguments as script-info lists them (Neo adds a row count): the X axis set, no Y or Z, every
+    cell returned as an image of its own, the rest at their defaults."""
+    args = [arg.get("value") for arg in xyz["args"]]
+    args[:9] = [axis, values, [], 0, "", [], 0, "", []]
+    wanted = {"Draw legend": True, "Include Sub Images": True, "Include Sub Grids": False, "Keep -1 for seeds": False}
+    for index, arg in enumerate(xyz["args"]):
+        if arg.get("label") in wanted:
+            args[index] = wanted[arg["label"]]
+    return args
+
+
 def test_xyz_plot_strength_axis(photo, model_name):
     status, infos = call("/sdapi/v1/script-info")
     xyz = next(s for s in infos if s["name"] == "x/y/z plot" and not s["is_img2img"])
     axis = xyz["args"][0]["choices"].index("[CapHuman] Strength")
-    script_args = [axis, "0, 0.5, 1.5", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
+    script_args = xyz_args(xyz, axis, "0, 0.5, 1.5")
     payload = {**BASE, "script_name": "x/y/z plot", "script_args": script_args}
     unit = {"enabled": True, "reference_images": [photo], "model": model_name}
     plain = plain_images("txt2img", with_scripts(BASE))
@@ -344,12 +403,12 @@ def test_bad_payloads_get_422_naming_the_field(unit, field):
     assert status == 422 and body["detail"][0]["loc"][-1] == field, body
 
 
-def test_no_face_is_a_readable_error_and_the_next_generation_is_plain():
+def test_no_face_is_a_readable_error_and_the_next_generation_is_plain(model_name):
     from PIL import Image
 
     plain = plain_images("txt2img", with_scripts(BASE))
     blank = encode(Image.new("RGB", (128, 128), (90, 140, 200)))
-    unit = {"enabled": True, "reference_images": [blank], "model": RANDOM}
+    unit = {"enabled": True, "reference_images": [blank], "model": model_name}
     status, body = call("/sdapi/v1/txt2img", with_scripts(BASE, [unit]))
     assert status >= 400 and "face" in json.dumps(body).lower(), body
     assert np.array_equal(generate("txt2img", with_scripts(BASE))[0][0], plain[0])
@@ -372,9 +431,11 @@ def test_a_small_capface_on_a_real_width_sd15_names_the_model(photo):
     """caphuman_tiny (32 channels) with mid-sd15 (SD1.5's widths) loaded: the message names the model that does not
     fit, and does not ask for an SD1.x checkpoint (one is loaded)."""
     call("/sdapi/v1/refresh-checkpoints", {})
-    if "mid-sd15" not in [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]:
-        pytest.skip("no mid-sd15 checkpoint (docs/webui-testing/make_mid_sd15.py)")
-    payload = {**BASE, "width": 64, "height": 64, "steps": 2, "override_settings": {"sd_model_checkpoint": "mid-sd15"}}
+    if REAL_WIDTH not in [c["model_name"] for c in call("/sdapi/v1/sd-models")[1]]:
+        pytest.skip(f"no {REAL_WIDTH} checkpoint (docs/webui-testing/make_mid_sd15.py)")
+    if RANDOM not in call("/caphuman/v1/models")[1]["models"]:
+        pytest.skip(f"no {RANDOM} (docs/webui-testing/make_tiny_caphuman_files.py)")
+    payload = {**BASE, "width": 64, "height": 64, "steps": 2, "override_settings": {"sd_model_checkpoint": REAL_WIDTH}}
     plain = plain_images("txt2img", with_scripts(payload))
     status, body = call("/sdapi/v1/txt2img", with_scripts(payload, [{"enabled": True, "reference_images": [photo],
                                                                      "model": RANDOM}]))
@@ -397,32 +458,31 @@ def test_default_model_is_never_a_silent_no_op(photo):
 
 
 def test_refiner_gets_the_capface_residuals(photo, model_name):
-    """Refiner tiny-sd15-b (its own yaml: the webui builds a new model object) from 0.5; the unit acts from step 0.6
+    """Refiner tiny-sd15-b / rand-sd15-b (the webui builds a new model object) from 0.5; the unit acts from step 0.6
     on only, so every pixel change comes from the refiner's UNet."""
-    payload = {**BASE, "steps": 6, "refiner_checkpoint": "tiny-sd15-b", "refiner_switch_at": 0.5}
+    payload = {**BASE, "steps": 6, "refiner_checkpoint": CHECKPOINT_B, "refiner_switch_at": 0.5}
     unit = {"enabled": True, "reference_images": [photo], "start": 0.6}
     call("/caphuman-probe/v1/log")
     result = caphuman_case("txt2img", payload, [unit], model_name, frame_region(unit))
     assert "Refiner" in result["info"]["extra_generation_params"]
     generate("txt2img", with_scripts(payload, result["units"], probe=True))
     log = call("/caphuman-probe/v1/log")[1]["log"]
-    refined = [r for r in log if r["checkpoint"].startswith("tiny-sd15-b")]
+    refined = [r for r in log if r["checkpoint"].startswith(CHECKPOINT_B)]
     assert refined and all(r["hooks"] for r in refined), log
 
 
 def test_hires_checkpoint_gets_the_capface_residuals(photo, model_name):
-    payload = {**BASE, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
-               "hr_second_pass_steps": 2, "hr_checkpoint_name": "tiny-sd15-b"}
+    payload = {**BASE, **hires(hr_scale=1.5, hr_checkpoint_name=CHECKPOINT_B)}
     unit = {"enabled": True, "reference_images": [photo]}
     result = caphuman_case("txt2img", payload, [unit], model_name, frame_region(unit))
     call("/caphuman-probe/v1/log")
     generate("txt2img", with_scripts(payload, result["units"], probe=True))
     log = call("/caphuman-probe/v1/log")[1]["log"]
     first = [r for r in log if r["phase"] == "first"]
-    hires = [r for r in log if r["phase"] == "hires"]
+    second = [r for r in log if r["phase"] == "hires"]
     assert first and all(r["hooks"] for r in first), log
-    assert hires and all(r["checkpoint"].startswith("tiny-sd15-b") and r["hooks"] for r in hires), log
-    assert {r["unet"] for r in hires}.isdisjoint({r["unet"] for r in first}), log  # a new model object
+    assert second and all(r["checkpoint"].startswith(CHECKPOINT_B) and r["hooks"] for r in second), log
+    assert {r["unet"] for r in second}.isdisjoint({r["unet"] for r in first}), log  # a new model object
 
 
 def test_a_second_pass_from_postprocess_image_sees_no_capface(photo, model_name):
@@ -442,8 +502,7 @@ def test_a_second_pass_from_postprocess_image_sees_no_capface(photo, model_name)
 
 def test_plain_generation_has_no_caphuman_hook():
     call("/caphuman-probe/v1/log")
-    generate("txt2img", with_scripts({**BASE, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent",
-                                      "denoising_strength": 0.6, "hr_second_pass_steps": 2}, probe=True))
+    generate("txt2img", with_scripts({**BASE, **hires(hr_scale=1.5)}, probe=True))
     log = call("/caphuman-probe/v1/log")[1]["log"]
     assert log and not any(r["hooks"] for r in log), log
 

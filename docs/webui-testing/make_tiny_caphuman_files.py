@@ -4,6 +4,9 @@ Writes into $WEBUI_DIR/models/CapHuman: `caphuman_tiny.safetensors` (random CapF
 `caphuman_steerable.safetensors` (hand-set CapFace whose mask follows the rendered head, tests/steerable.py) when that
 module exists, each with a tiny CLIP vision tower under `clip_vision.*`, and the synthetic identity models and
 DECA/FLAME files written by ../shared/parity/make_synthetic_identity.py and make_synthetic_deca.py.
+
+With `--sd15` the steerable CapFace fits SD1.5's UNet (320 channels, context 768: the Forge hosts' `rand-sd15`
+checkpoints of make_rand_sd15.py); `caphuman_tiny` stays tiny (the "does not fit" case).
 """
 
 import os
@@ -20,6 +23,9 @@ from tests.conftest import run_shared_generator, shared_dir  # noqa: E402
 from tests.core_helpers import TINY_UNET, random_capface  # noqa: E402
 from tests.test_identity import tiny_clip_state  # noqa: E402
 
+SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=2,
+                 attention_resolutions=[4, 2, 1], channel_mult=[1, 2, 4, 4], num_heads=8, use_spatial_transformer=True,
+                 transformer_depth=1, context_dim=768, use_checkpoint=False, legacy=False)
 out = Path(os.environ.get("WEBUI_DIR", "/work/webui")) / "models" / "CapHuman"
 out.mkdir(parents=True, exist_ok=True)
 clip = {f"clip_vision.{k}": v.contiguous() for k, v in tiny_clip_state().items()}
@@ -33,7 +39,7 @@ except ImportError:
     print("tests/steerable.py not found: no caphuman_steerable.safetensors")
 else:
     path = out / "caphuman_steerable.safetensors"
-    save_steerable_checkpoint(path, TINY_UNET)
+    save_steerable_checkpoint(path, SD15_UNET if "--sd15" in sys.argv else TINY_UNET)
     state = load_file(path)
     if not any(k.startswith("clip_vision.") for k in state):
         save_file({**state, **clip}, path)

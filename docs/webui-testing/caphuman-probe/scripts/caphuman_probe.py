@@ -41,6 +41,40 @@ def caphuman_hooks(unet: torch.nn.Module) -> list[str]:
     return found
 
 
+def caphuman_controls(model) -> list[str]:
+    """Forge: 'control:<class>' for every CapHuman link in the ControlNet chain of the UnetPatcher that `model`
+    samples (`forge_objects.unet.controlnet_linked_list`); [] elsewhere."""
+    unet_patcher = getattr(getattr(model, "forge_objects", None), "unet", None)
+    found, link = [], getattr(unet_patcher, "controlnet_linked_list", None)
+    while link is not None:
+        if "caphuman" in type(link).__module__.lower():
+            found.append(f"control:{type(link).__name__}")
+        link = getattr(link, "previous_controlnet", None)
+    return found
+
+
+def _sampled_model(denoiser, params):
+    """The model object sampled at this step: the denoiser's (follows a refiner switch), else shared.sd_model."""
+    for owner in (getattr(denoiser, "inner_model", None), getattr(params, "inner_model", None)):
+        inner = getattr(owner, "inner_model", None)
+        if inner is not None and (hasattr(inner, "forge_objects") or hasattr(inner, "model")):
+            return inner
+    return shared.sd_model
+
+
+def _unet(model):
+    """The UNet module sampled: Forge's UnetPatcher's, else ldm's."""
+    unet_patcher = getattr(getattr(model, "forge_objects", None), "unet", None)
+    if unet_patcher is not None:
+        return unet_patcher.model.diffusion_model
+    return model.model.diffusion_model
+
+
+def _checkpoint(model) -> str | None:
+    info = getattr(model, "sd_checkpoint_info", None) or getattr(shared.sd_model, "sd_checkpoint_info", None)
+    return info and info.short_title
+
+
 _DENOISER: dict = {}
 
 
@@ -55,12 +89,12 @@ def _on_cfg_denoised(params) -> None:
     p = getattr(denoiser, "p", None)
     if p is None or not (getattr(p, "caphuman_probe", False) or getattr(p, "caphuman_probe_second_pass", False)):
         return
-    model = getattr(params.inner_model, "inner_model", None) or shared.sd_model  # k-diffusion wraps the model
-    unet = model.model.diffusion_model
+    model = _sampled_model(denoiser, params)  # k-diffusion wraps the model
+    unet = _unet(model)
     phase = "second_pass" if getattr(p, "caphuman_probe_second_pass", False) else \
         ("hires" if getattr(p, "is_hr_pass", False) else "first")
-    record = {"phase": phase, "unet": id(unet), "checkpoint": getattr(shared.sd_model, "sd_checkpoint_info", None)
-              and shared.sd_model.sd_checkpoint_info.short_title, "hooks": caphuman_hooks(unet)}
+    record = {"phase": phase, "unet": id(unet), "checkpoint": _checkpoint(model),
+              "hooks": caphuman_hooks(unet) + caphuman_controls(model)}
     if not _LOG or any(_LOG[-1][k] != v for k, v in record.items()):
         _LOG.append({**record, "steps": 0})
     _LOG[-1]["steps"] += 1
