@@ -10,7 +10,7 @@ images (one per cond or uncond entry), and the UNet adds `control['middle']` aft
 
 Chunks of one call are the same latent: Forge crops a chunk's latent only for an area condition, and a cropped latent
 has another size, which the engine refuses (`CapFaceControl.check_latent`). So rows map to images by position alone
-(`rows.chunk_rows`), with no look at the data (no host sync).
+(`RowPlan.chunks`), with no look at the data (no host sync).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 from ..engine import Pending
 from ..lifecycle.generation import CapHumanError, Generation
 from ..lifecycle.job import message
-from ..rows import RowPlan, chunk_rows
+from ..rows import RowPlan
 
 log = logging.getLogger(__name__)
 Control = dict[str, list[torch.Tensor | None]]
@@ -175,7 +175,7 @@ class CapHumanControl:
             x = sampling.calculate_input(t, x_noisy)
             timesteps = sampling.timestep(t).float()
             rows = x.shape[0]
-            sources = chunk_rows(rows, rows // batched_number) if 0 < batched_number <= rows else None
+            sources = RowPlan.chunks(rows // batched_number).take(rows) if 0 < batched_number <= rows else None
             pending = generation.engine.compute(x, timesteps, self.unet_dtype or x.dtype, sources)
         except CapHumanError:
             raise
@@ -306,7 +306,8 @@ class ForgeHost:
             self._link(model, _FailingControl(generation, _model_sampling(model.forge_objects.unet.model)))
 
     def step_rows(self, params) -> RowPlan | None:
-        """None: each Forge call says its own layout (`chunks`), read in `get_control`."""
+        """None: each Forge call says its own layout (`chunks`), read in `get_control` as a `RowPlan.chunks`.
+        (Calls of one step are not shared: Forge splits a step into several calls only when memory is short.)"""
         return None
 
     def adopt(self, hint: torch.Tensor) -> torch.Tensor:
