@@ -340,12 +340,13 @@ def test_old_infotext_without_modes_means_the_defaults():
 
 
 def test_photo_store_round_trip_and_bound(tmp_path):
-    from caphuman_ext.unit.photo_store import PhotoStore, photos_hash
+    from caphuman_ext.unit.photo_store import PhotoStore, _entry_bytes, photos_hash
 
     rng = np.random.default_rng(0)
     noise = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
-    store = PhotoStore(tmp_path / "photos", max_bytes=3 * 13000)  # a 64² noise PNG is ~12.4 kB
+    store = PhotoStore(tmp_path / "photos")
     digest = store.save(noise[:1])
+    store.max_bytes = 3 * _entry_bytes(tmp_path / "photos" / digest) + 1000  # a 64² noise PNG is ~12.4 kB
     text = infotext.to_infotext(UnitParams(enabled=True, reference_images=noise[:1]))
     assert infotext.photos_hash_from_infotext(text) == digest == photos_hash(noise[:1])
     restored = store.lookup(digest)
@@ -374,3 +375,44 @@ def test_pixel_guard_reads_the_header_before_decoding():
 def test_an_empty_image_editor_is_no_image():
     unit = params.unit_from_dict({"pose_image": {"image": None}, "reference_images": [{"image": PHOTO}, None]})
     assert unit.pose_image is None and len(unit.reference_images) == 1
+
+
+def test_photo_store_counts_disk_blocks_and_entries(tmp_path):
+    """Tiny photos take a whole block each: the bound is on disk use (st_blocks), and on the number of entries."""
+    from caphuman_ext.unit.photo_store import PhotoStore
+
+    folder = tmp_path / "photos"
+    pixels = [Image.new("RGB", (1, 1), (i, 0, 0)) for i in range(12)]
+    store = PhotoStore(folder, max_bytes=6 * 4096)  # six blocks: by file size (~70 bytes each) all twelve fit
+    digests = [store.save([image]) for image in pixels]
+    used = sum(path.lstat().st_blocks * 512 for path in folder.rglob("*"))  # entries and their files
+    assert used <= 6 * 4096 and 0 < len(list(folder.iterdir())) < 12
+    assert store.lookup(digests[-1]) is not None and store.lookup(digests[0]) is None
+    counted = PhotoStore(tmp_path / "counted", max_entries=3)
+    kept = [counted.save([image]) for image in pixels[:5]]
+    assert sorted(p.name for p in (tmp_path / "counted").iterdir()) == sorted(kept[-3:])
+
+
+def test_photo_store_removes_folders_left_by_a_killed_save(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from caphuman_ext.unit.photo_store import PhotoStore
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = folder / f".staging-{int(gone.stdout)}-{'a' * 32}"  # its process has exited
+    old = folder / f".staging-{'b' * 32}"  # the old naming, untouched for two hours
+    running = folder / f".staging-{os.getpid()}-{'c' * 32}"  # a save of this process in progress
+    for staging in (killed, old, running):
+        staging.mkdir()
+        (staging / "0.png").write_bytes(encode(Image.new("RGB", (4, 4))))
+    os.utime(old, (0, 0))
+    store = PhotoStore(folder)
+    digest = store.save([Image.new("RGB", (2, 2))])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([digest, running.name])
+    killed.mkdir()
+    PhotoStore(folder).save([Image.new("RGB", (2, 2))])  # the same photos again, in a new process: swept too
+    assert not killed.exists()
