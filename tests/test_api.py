@@ -416,3 +416,77 @@ def test_photo_store_removes_folders_left_by_a_killed_save(tmp_path):
     killed.mkdir()
     PhotoStore(folder).save([Image.new("RGB", (2, 2))])  # the same photos again, in a new process: swept too
     assert not killed.exists()
+
+
+# GET /caphuman/v1/models: unreadable files reported, reads cached, no server paths ------------------------------
+MODELS = "/caphuman/v1/models"
+
+
+def models_webui(folder):
+    from caphuman_ext.model_files import model_status
+
+    app, _ = make_webui()
+    api.install_api(app, folders=lambda: [folder], preview=preview_images, version="test",
+                    model_files=lambda verify: model_status([folder], hub_caches=[], verify=verify))
+    return app
+
+
+def truncated_checkpoint(path, size: int) -> None:
+    import torch
+
+    torch.save({"state_dict": {"control_model.input_hint_block.0.weight": torch.zeros(2, 9, 3, 3)}}, path)
+    path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize("size", [104, 0])
+def test_models_route_reports_an_unreadable_caphuman_file(tmp_path, monkeypatch, size):
+    """A truncated download (104 bytes) or an empty file: 200 with the row saying so; read once per change."""
+    import os
+
+    from caphuman_ext import model_files, safe_load
+
+    model_files.READS.clear()
+    folder = tmp_path / "CapHuman"
+    folder.mkdir()
+    truncated_checkpoint(folder / "caphuman.ckpt", size)
+    reads = []
+    real = safe_load.load_pickled_weights
+    monkeypatch.setattr(safe_load, "load_pickled_weights", lambda *a, **k: reads.append(a) or real(*a, **k))
+    with TestClient(models_webui(folder)) as client:
+        answers = [client.get(MODELS) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3, answers[0].text
+        row = {r["name"]: r for r in answers[0].json()["files"]}["caphuman"]
+        assert row["status"] == "unreadable" and "cannot be read" in row["note"] and row["path"]
+        assert len(reads) == 1  # the failure is remembered by path, size and mtime
+        os.utime(folder / "caphuman.ckpt", ns=(1, 1))
+        assert client.get(MODELS).status_code == 200 and len(reads) == 2  # changed: read again
+
+
+def test_models_route_shows_no_server_paths(tmp_path):
+    import torch
+
+    folder = tmp_path / "webui" / "models" / "CapHuman"
+    (folder / "deca").mkdir(parents=True)
+    torch.save({"state_dict": {"control_model.x": torch.zeros(1)}}, folder / "caphuman.ckpt")
+    (folder / "deca" / "deca_model.tar").write_bytes(b"tar")
+    (folder / "20180402-114759-vggface2.pt").write_bytes(b"a re-saved copy")
+    with TestClient(models_webui(folder)) as client:
+        answer = client.get(MODELS, params={"verify": "1"})
+    assert answer.status_code == 200, answer.text
+    assert str(tmp_path) not in answer.text and str(tmp_path.resolve()) not in answer.text
+    rows = {r["name"]: r for r in answer.json()["files"]}
+    assert rows["caphuman"]["path"] == "CapHuman/caphuman.ckpt"
+    assert rows["deca_model"]["path"] == "CapHuman/deca/deca_model.tar"
+    assert rows["facenet"]["status"] == "differs" and answer.json()["folders"] == ["CapHuman"]
+    assert answer.json()["models"] == ["caphuman.ckpt"] and "CapHuman" in answer.json()["head_assets"]
+
+
+def test_models_route_never_answers_500(tmp_path):
+    def broken(verify):
+        raise RuntimeError("a disk that fails")
+
+    app, _ = make_webui()
+    api.install_api(app, folders=lambda: [tmp_path], preview=preview_images, version="test", model_files=broken)
+    with TestClient(app) as client:
+        answer = client.get(MODELS)
+    assert answer.status_code == 503 and "could not be listed" in answer.text

@@ -393,7 +393,8 @@ def test_panel_reports_a_failed_download_and_refreshes(tmp_path):
     def failing(name):
         raise weights.ModelFileMissingError("offline")
 
-    message, table = download_and_report("facenet", lambda verify: model_status([tmp_path], hub_caches=[]), failing)
+    message, table = download_and_report("facenet", lambda verify, model: model_status([tmp_path], hub_caches=[]),
+                                         failing)
     assert "20180402-114759-vggface2.pt: offline" in message and "**missing**" in table
 
 
@@ -521,3 +522,59 @@ def test_a_failed_download_of_a_differing_file_does_not_call_it_missing(tmp_path
         download("facenet", [folder], progress=lambda done, total: None)
     assert "is missing" not in str(error.value) and "not the published file" in str(error.value)
     assert (folder / "20180402-114759-vggface2.pt").read_bytes() == b"a re-saved copy"
+
+
+# the panel: what it offers, which CapHuman file it describes, never raising --------------------------------------
+def test_panel_offers_only_the_downloads_a_user_needs(tmp_path, monkeypatch, clip_model_state):
+    from caphuman_ext.model_files import model_status
+    from caphuman_ext.model_files_panel import panel_view
+
+    torch.save({"state_dict": {**capface_state(), **{"control_cond_stage_model.transformer." + k: v for k, v in
+                                                     vision_part(clip_model_state).items()}}},
+               tmp_path / "caphuman.ckpt")  # the CLIP tower is inside the CapHuman file
+    parsing = tmp_path / "79999_iter.pth"
+    parsing.write_bytes(b"published bytes")
+    monkeypatch.setattr(weights, "FACE_PARSING", published_as(weights.FACE_PARSING, parsing))
+    (tmp_path / "20180402-114759-vggface2.pt").write_bytes(b"a re-saved copy")  # present with another hash
+    table, offered, message = panel_view(lambda verify, model: model_status([tmp_path], hub_caches=[],
+                                                                            verify=verify, model=model), True)
+    assert message == "" and "clip_vision" not in offered and "face_parsing" not in offered
+    assert offered["facenet"].startswith("Replace 20180402-114759-vggface2.pt") and "missing" not in offered["facenet"]
+    assert "CapHuman file: `" in table
+
+
+def test_panel_describes_the_file_the_unit_uses(tmp_path, clip_model_state):
+    from caphuman_ext.model_files import model_status
+    from caphuman_ext.unit.builder import UnitBuilder
+
+    torch.save({"state_dict": capface_state()}, tmp_path / "caphuman.ckpt")  # alphabetically first, no CLIP
+    torch.save({"state_dict": {**capface_state(), **{"clip_vision." + k: v for k, v in
+                                                     vision_part(clip_model_state).items()}}},
+               tmp_path / "caphuman_b.ckpt")
+    for model in ("", "caphuman_b.ckpt"):
+        rows = rows_by_name(model_status([tmp_path], hub_caches=[], model=model))
+        used = UnitBuilder([tmp_path]).model_path(model)
+        assert rows["caphuman"]["path"] == str(used) and "caphuman" in rows["caphuman"]["note"]  # the other file
+        assert (rows["clip_vision"]["where"] == "CapHuman file") == (used.name == "caphuman_b.ckpt")
+    rows = rows_by_name(model_status([tmp_path], hub_caches=[], model="gone.ckpt"))
+    assert rows["caphuman"]["status"] == "missing" and "gone.ckpt" in rows["caphuman"]["note"]
+
+
+def test_panel_builds_over_a_truncated_caphuman_file(tmp_path):
+    """What Script.ui shows: the table with the file marked unreadable, never an exception (A1111 would drop the
+    whole CapHuman panel)."""
+    from caphuman_ext.model_files import READS, model_status
+    from caphuman_ext.model_files_panel import panel_view
+
+    READS.clear()
+    torch.save({"state_dict": capface_state()}, tmp_path / "caphuman.ckpt")
+    (tmp_path / "caphuman.ckpt").write_bytes((tmp_path / "caphuman.ckpt").read_bytes()[:104])
+    table, offered, message = panel_view(lambda verify, model: model_status([tmp_path], hub_caches=[],
+                                                                            verify=verify, model=model))
+    assert message == "" and "**unreadable**" in table and "clip_vision" in offered
+
+    def failing(verify, model):
+        raise PermissionError("models folder")
+
+    table, offered, message = panel_view(failing)
+    assert table == "" and offered == {} and "PermissionError: models folder" in message

@@ -32,6 +32,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..model_files import public_answer
 from .models import list_capface_models
 from .params import UnitParams, UnitTooLargeError, UnitValidationError, describe, unit_from_dict
 
@@ -143,12 +144,13 @@ def _encode_png(image) -> str:
 
 
 def _models_answer(folders: list[Path]) -> dict:
+    """Models found, the folders (shown by name: `public_answer` hides server paths) and the head files' state."""
     from preprocessors.head.assets import HeadAssets, MissingHeadAssetError
 
     try:
         HeadAssets.find(folders)
         head = "ok"
-    except MissingHeadAssetError as error:
+    except (MissingHeadAssetError, OSError) as error:
         head = str(error)
     return {"models": list(list_capface_models(folders)), "folders": [str(f) for f in folders], "head_assets": head}
 
@@ -261,14 +263,20 @@ def _install_routes(app, folders: Callable[[], list[Path]], preview: PreviewFunc
         return JSONResponse({"version": version})
 
     def models_answer(verify: bool) -> dict:
-        answer = _models_answer(folders())
+        found = folders()
+        answer = _models_answer(found)
         if model_files is not None:
             answer["files"] = model_files(verify)
-        return answer
+        return public_answer(answer, found)
 
     async def models_route(request: Request) -> Response:
         verify = request.query_params.get("verify", "").lower() in ("1", "true", "yes")
-        return JSONResponse(await run_in_threadpool(models_answer, verify))
+        try:
+            return JSONResponse(await run_in_threadpool(models_answer, verify))
+        except Exception as error:  # noqa: BLE001 - a listing answers whatever the disk holds, never 500
+            logger.warning("CapHuman: listing the model files failed: %s", error)
+            return JSONResponse(status_code=503, content={"detail": _printable(
+                f"the model files could not be listed ({type(error).__name__})")})
 
     def validate_preview(body: bytes) -> tuple[UnitParams, int, int]:
         payload = parse_json(body)
