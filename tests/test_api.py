@@ -270,7 +270,7 @@ def test_install_after_requests_arrived(monkeypatch):
 
 def test_validation_does_not_block_the_event_loop(monkeypatch):
     """While one payload is being validated, another request is answered (the validation waits for it)."""
-    real = api.unit_from_dict
+    real = api.check_unit
     entered, answered, seen = threading.Event(), threading.Event(), {}
 
     def slow_validation(data):
@@ -278,7 +278,7 @@ def test_validation_does_not_block_the_event_loop(monkeypatch):
         seen["answered meanwhile"] = answered.wait(timeout=10)
         return real(data)
 
-    monkeypatch.setattr(api, "unit_from_dict", slow_validation)
+    monkeypatch.setattr(api, "check_unit", slow_validation)
     app, received = make_webui()
     install(app)
     with TestClient(app) as client:
@@ -490,3 +490,125 @@ def test_models_route_never_answers_500(tmp_path):
     with TestClient(app) as client:
         answer = client.get(MODELS)
     assert answer.status_code == 503 and "could not be listed" in answer.text
+
+
+# one validation: structure and headers in the guard, pixels once at generation, bounded work, 429 at once -------
+@pytest.fixture
+def pixel_loads(monkeypatch):
+    """Every decode of pixels (Pillow's `ImageFile.load`), by image size."""
+    from PIL import ImageFile
+
+    loads = []
+    real = ImageFile.ImageFile.load
+
+    def load(self):
+        if getattr(self, "_im", None) is None:  # not decoded yet
+            loads.append(self.size)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return loads
+
+
+def test_the_guard_decodes_no_pixels_and_generation_decodes_each_photo_once(webui, pixel_loads):
+    client, received = webui
+    pose = b64(encode(Image.new("RGB", (24, 20), (1, 2, 3)), "JPEG"))
+    assert client.post(TXT2IMG, json=unit_body(enabled(pose_image=pose))).status_code == 200
+    assert pixel_loads == []  # headers only
+    args = json.loads(received[0])["alwayson_scripts"]["CapHuman"]["args"]
+    units = params.units_from_args(args)  # what the script does at generation
+    assert sorted(pixel_loads) == [(24, 20), (40, 32)]
+    assert units[0].pose_image.size == (24, 20) and units[0].reference_images[0].size == (40, 32)
+
+
+def test_a_photo_whose_pixels_are_damaged_is_refused_at_generation(webui):
+    client, received = webui
+    data = bytearray(encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))))
+    start = data.index(b"IDAT") + 8
+    data[start: start + 200] = b"\xff" * 200  # the header is fine, the compressed pixels are not
+    assert client.post(TXT2IMG, json=unit_body(enabled(reference_images=[b64(bytes(data))]))).status_code == 200
+    with pytest.raises(UnitValidationError) as error:
+        params.units_from_args(json.loads(received[0])["alwayson_scripts"]["CapHuman"]["args"])
+    assert error.value.field == "reference_images"
+
+
+def test_the_script_key_given_twice_is_refused(webui):
+    client, received = webui
+    hidden = {"enabled": True, "reference_images": [PHOTO], "strength": 9}  # would be run unchecked
+    body = {"prompt": "x", "alwayson_scripts": {"caphuman": {"args": [enabled()]}, "CapHuman": {"args": [hidden]}}}
+    response = client.post(TXT2IMG, json=body)
+    assert_refused(response, "CapHuman")
+    assert "2 times" in response.json()["detail"][0]["msg"] and received == []
+
+
+def test_the_work_of_one_request_is_bounded(webui, pixel_loads):
+    client, received = webui
+    full = b64(png_bomb(2048))  # a full working-size photo in a few kB
+    many = unit_body([enabled(reference_images=[full] * 8)] * 4)  # 32 photos: each unit within its own limit
+    response = client.post(TXT2IMG, json=many)
+    assert_refused(response, "reference_images", 413)
+    assert "32 photos" in response.json()["detail"][0]["msg"]
+    pixels = unit_body([enabled(reference_images=[full] * 5), enabled(reference_images=[full] * 4)])  # 9 × 4.2 MP
+    response = client.post(TXT2IMG, json=pixels)
+    assert_refused(response, "reference_images", 413)
+    assert "pixels at their working size" in response.json()["detail"][0]["msg"]
+    wide = b64(encode(Image.new("1", (20000, 100))))  # 2 MP declared, 0.2 MP of work
+    assert client.post(TXT2IMG, json=unit_body([enabled(reference_images=[wide] * 8)] * 2)).status_code == 200
+    assert pixel_loads == [] and len(received) == 1
+    with pytest.raises(params.UnitTooLargeError):  # the script checks the same before decoding
+        params.units_from_args(many["alwayson_scripts"]["CapHuman"]["args"])
+    assert pixel_loads == []
+
+
+def _blocking_checks(monkeypatch, count: int):
+    """Guard checks that wait until released; `entered` is released once per check that started."""
+    entered, release = threading.Semaphore(0), threading.Event()
+    real = api.check_unit
+
+    def check(data):
+        entered.release()
+        release.wait(timeout=30)
+        return real(data)
+
+    monkeypatch.setattr(api, "check_unit", check, raising=False)
+    return entered, release
+
+
+def test_a_client_over_its_share_gets_429_at_once(monkeypatch):
+    entered, release = _blocking_checks(monkeypatch, 2)
+    app, received = make_webui()
+    install(app)
+    with TestClient(app) as client:
+        results = []
+        held = [threading.Thread(target=lambda: results.append(client.post(TXT2IMG, json=unit_body(enabled()))))
+                for _ in range(2)]
+        for thread in held:
+            thread.start()
+        started = [entered.acquire(timeout=10) for _ in held]
+        extra = []
+        third = threading.Thread(target=lambda: extra.append(client.post(TXT2IMG, json=unit_body(enabled()))))
+        third.start()
+        third.join(timeout=10)  # answered without waiting for a slot (old code: it waits for the release)
+        answered_at_once = not third.is_alive()
+        assert client.get("/internal/ping").status_code == 200
+        release.set()
+        for thread in [*held, third]:
+            thread.join(timeout=30)
+    assert started == [True, True] and answered_at_once
+    assert extra[0].status_code == 429 and extra[0].headers["retry-after"] == "1"
+    assert [r.status_code for r in results] == [200, 200] and len(received) == 2
+
+
+def test_when_every_slot_and_the_queue_are_taken_the_answer_is_503(monkeypatch):
+    entered, release = _blocking_checks(monkeypatch, 1)
+    app, received = make_webui()
+    install(app, concurrent_checks=1, waiting_checks=0, checks_per_client=5)
+    with TestClient(app) as client:
+        results = []
+        held = threading.Thread(target=lambda: results.append(client.post(TXT2IMG, json=unit_body(enabled()))))
+        held.start()
+        assert entered.acquire(timeout=10)
+        busy = client.post(TXT2IMG, json=unit_body(enabled()))  # would wait forever for the held slot before
+        release.set()
+        held.join(timeout=30)
+    assert busy.status_code == 503 and results[0].status_code == 200
