@@ -12,7 +12,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from caphuman_ext.quality.api import parse_request  # noqa: E402
 from caphuman_ext.unit import api  # noqa: E402
+from tests.head_fixtures import deca_assets  # noqa: E402, F401
 from tests.test_api import make_webui, preview_images  # noqa: E402
+from tests.test_identity import synthetic  # noqa: E402, F401
+from tests.test_quality import astronaut, quality_models, scorer  # noqa: E402, F401
 
 
 def fake_score(payload: dict) -> dict:
@@ -102,3 +105,22 @@ def test_a_second_score_of_one_client_gets_429_at_once():
         for t in (thread, waiting):
             t.join(timeout=30)
     assert at_once and second[0].status_code == 429 and first[0].status_code == 200
+
+
+def test_a_score_request_keeps_nothing_of_its_photos(scorer, astronaut):  # noqa: F811
+    """The route's memory returns to its level before the request: no hint, DECA code or reference embedding of
+    the request stays cached (the webui's own scoring after a generation keeps them: its hints are reused)."""
+    from caphuman_ext.quality.api import score_request
+    from tests.test_api import b64, encode
+
+    head = scorer.builder.head_pipeline(scorer.device)
+    sizes = lambda: (len(head.hints), len(head.cache), len(scorer.references))  # noqa: E731
+    before = sizes()
+    for turn in (5, 10):
+        photo = b64(encode(astronaut.rotate(turn)))
+        answer = score_request({"image": photo, "units": [{"reference_images": [photo], "pose_image": photo}]},
+                               scorer)
+        assert answer["units"][0]["face_found"]
+        assert sizes() == before
+    scorer.score(astronaut.rotate(15), [{"reference_images": [astronaut.rotate(15)]}])
+    assert sizes() > before  # direct scoring still caches

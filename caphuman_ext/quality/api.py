@@ -85,7 +85,8 @@ def _units(units: list, read) -> list:
 def score_request(payload: dict, scorer: Scorer) -> dict:
     """Answer one score request with `scorer` (share the webui's `UnitBuilder` through `Scorer(builder=...)`)."""
     image, units, overlay = parse_request(payload)
-    result = scorer.score(image, units, overlay=overlay)
+    with scorer.transient():  # nothing of one request is kept: memory back to where it was
+        result = scorer.score(image, units, overlay=overlay)
     answer = result.to_dict()
     answer["infotext"] = result.infotext()
     answer["overlay"] = encode_png(result.overlay) if result.overlay is not None else None
