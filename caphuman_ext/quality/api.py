@@ -57,8 +57,8 @@ def parse_request(payload: dict) -> tuple[Image.Image, list, bool]:
         raise UnitValidationError("units", "a non-empty list of unit objects is required")
     if len(units) > MAX_UNITS:
         raise UnitValidationError("units", f"at most {MAX_UNITS} units")
-    checked = _units(units, check_unit)  # every field and photo header first: no pixel decoded for a refusal
-    header = decode_image(payload["image"], "image", decode=False)
+    header = decode_image(payload["image"], "image", decode=False)  # every field and header first: no pixel
+    checked = _units(units, check_unit)  # is decoded for a request refused
     try:
         check_request_work([*checked, UnitParams(reference_images=[header])])
     except UnitTooLargeError as error:
