@@ -17,6 +17,7 @@ from typing import Any
 from preprocessors.head.assets import FLAME_SITE, HEAD_FILES
 from preprocessors.identity import weights
 from preprocessors.identity.clip_files import CAPHUMAN_PREFIXES, ClipSearch, _keys, find_clip_vision
+from preprocessors.identity.single_flight import SingleFlight
 
 from .unit.models import list_capface_models
 
@@ -107,26 +108,29 @@ class _ReadCache:
     def __init__(self, size: int = 64) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._flights: dict[tuple, threading.Lock] = {}
+        self._flights = SingleFlight()
         self._entries: OrderedDict[tuple, CapHumanRead] = OrderedDict()
+
+    def _known(self, key: tuple) -> CapHumanRead | None:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            return self._entries.get(key)
 
     def get(self, path: Path, read: Callable[[Path], CapHumanRead]) -> CapHumanRead:
         resolved = Path(path).resolve()
         stat = resolved.stat()
         key = (str(resolved), stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            flight = self._flights.setdefault(key[0], threading.Lock())
-        with flight:
-            with self._lock:
-                if key in self._entries:
-                    self._entries.move_to_end(key)
-                    return self._entries[key]
+
+        def work() -> CapHumanRead:
             result = read(resolved)
             with self._lock:
                 self._entries[key] = result
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
             return result
+
+        return self._flights.run(key[0], work, reuse=lambda: self._known(key))
 
     def clear(self) -> None:
         with self._lock:
