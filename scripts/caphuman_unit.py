@@ -86,8 +86,8 @@ def _score(payload: dict) -> dict:
     return score_request(payload, _scorer())
 
 
-def _model_files(verify: bool = False) -> list[dict]:
-    return model_status(_folders(), annotator_dirs=_annotator_dirs(), verify=verify)
+def _model_files(verify: bool = False, model: str = "") -> list[dict]:
+    return model_status(_folders(), annotator_dirs=_annotator_dirs(), verify=verify, model=model)
 
 
 _PHOTO_STORE: PhotoStore | None = None
@@ -158,7 +158,8 @@ class Script(scripts.Script):
             for index in range(int(_opt("caphuman_units", 2))):
                 with gr.Tab(f"Person {index + 1}"):
                     components += self._unit_ui(tab, index)
-            build_model_files_panel(_model_files, lambda name: download(name, _folders()))
+            build_model_files_panel(_model_files, lambda name: download(name, _folders()),
+                                    model=components[FIELD_ORDER.index("model")])  # the file Person 1 uses
         return components
 
     def _unit_ui(self, tab: str, index: int) -> list:

@@ -270,7 +270,7 @@ def test_install_after_requests_arrived(monkeypatch):
 
 def test_validation_does_not_block_the_event_loop(monkeypatch):
     """While one payload is being validated, another request is answered (the validation waits for it)."""
-    real = api.unit_from_dict
+    real = api.check_unit
     entered, answered, seen = threading.Event(), threading.Event(), {}
 
     def slow_validation(data):
@@ -278,7 +278,7 @@ def test_validation_does_not_block_the_event_loop(monkeypatch):
         seen["answered meanwhile"] = answered.wait(timeout=10)
         return real(data)
 
-    monkeypatch.setattr(api, "unit_from_dict", slow_validation)
+    monkeypatch.setattr(api, "check_unit", slow_validation)
     app, received = make_webui()
     install(app)
     with TestClient(app) as client:
@@ -340,12 +340,13 @@ def test_old_infotext_without_modes_means_the_defaults():
 
 
 def test_photo_store_round_trip_and_bound(tmp_path):
-    from caphuman_ext.unit.photo_store import PhotoStore, photos_hash
+    from caphuman_ext.unit.photo_store import PhotoStore, _entry_bytes, photos_hash
 
     rng = np.random.default_rng(0)
     noise = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
-    store = PhotoStore(tmp_path / "photos", max_bytes=3 * 13000)  # a 64² noise PNG is ~12.4 kB
+    store = PhotoStore(tmp_path / "photos")
     digest = store.save(noise[:1])
+    store.max_bytes = 3 * _entry_bytes(tmp_path / "photos" / digest) + 1000  # a 64² noise PNG is ~12.4 kB
     text = infotext.to_infotext(UnitParams(enabled=True, reference_images=noise[:1]))
     assert infotext.photos_hash_from_infotext(text) == digest == photos_hash(noise[:1])
     restored = store.lookup(digest)
@@ -374,3 +375,240 @@ def test_pixel_guard_reads_the_header_before_decoding():
 def test_an_empty_image_editor_is_no_image():
     unit = params.unit_from_dict({"pose_image": {"image": None}, "reference_images": [{"image": PHOTO}, None]})
     assert unit.pose_image is None and len(unit.reference_images) == 1
+
+
+def test_photo_store_counts_disk_blocks_and_entries(tmp_path):
+    """Tiny photos take a whole block each: the bound is on disk use (st_blocks), and on the number of entries."""
+    from caphuman_ext.unit.photo_store import PhotoStore
+
+    folder = tmp_path / "photos"
+    pixels = [Image.new("RGB", (1, 1), (i, 0, 0)) for i in range(12)]
+    store = PhotoStore(folder, max_bytes=6 * 4096)  # six blocks: by file size (~70 bytes each) all twelve fit
+    digests = [store.save([image]) for image in pixels]
+    used = sum(path.lstat().st_blocks * 512 for path in folder.rglob("*"))  # entries and their files
+    assert used <= 6 * 4096 and 0 < len(list(folder.iterdir())) < 12
+    assert store.lookup(digests[-1]) is not None and store.lookup(digests[0]) is None
+    counted = PhotoStore(tmp_path / "counted", max_entries=3)
+    kept = [counted.save([image]) for image in pixels[:5]]
+    assert sorted(p.name for p in (tmp_path / "counted").iterdir()) == sorted(kept[-3:])
+
+
+def test_photo_store_removes_folders_left_by_a_killed_save(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from caphuman_ext.unit.photo_store import PhotoStore
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = folder / f".staging-{int(gone.stdout)}-{'a' * 32}"  # its process has exited
+    old = folder / f".staging-{'b' * 32}"  # the old naming, untouched for two hours
+    running = folder / f".staging-{os.getpid()}-{'c' * 32}"  # a save of this process in progress
+    for staging in (killed, old, running):
+        staging.mkdir()
+        (staging / "0.png").write_bytes(encode(Image.new("RGB", (4, 4))))
+    os.utime(old, (0, 0))
+    store = PhotoStore(folder)
+    digest = store.save([Image.new("RGB", (2, 2))])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([digest, running.name])
+    killed.mkdir()
+    PhotoStore(folder).save([Image.new("RGB", (2, 2))])  # the same photos again, in a new process: swept too
+    assert not killed.exists()
+
+
+# GET /caphuman/v1/models: unreadable files reported, reads cached, no server paths ------------------------------
+MODELS = "/caphuman/v1/models"
+
+
+def models_webui(folder):
+    from caphuman_ext.model_files import model_status
+
+    app, _ = make_webui()
+    api.install_api(app, folders=lambda: [folder], preview=preview_images, version="test",
+                    model_files=lambda verify: model_status([folder], hub_caches=[], verify=verify))
+    return app
+
+
+def truncated_checkpoint(path, size: int) -> None:
+    import torch
+
+    torch.save({"state_dict": {"control_model.input_hint_block.0.weight": torch.zeros(2, 9, 3, 3)}}, path)
+    path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize("size", [104, 0])
+def test_models_route_reports_an_unreadable_caphuman_file(tmp_path, monkeypatch, size):
+    """A truncated download (104 bytes) or an empty file: 200 with the row saying so; read once per change."""
+    import os
+
+    from caphuman_ext import model_files, safe_load
+
+    model_files.READS.clear()
+    folder = tmp_path / "CapHuman"
+    folder.mkdir()
+    truncated_checkpoint(folder / "caphuman.ckpt", size)
+    reads = []
+    real = safe_load.load_pickled_weights
+    monkeypatch.setattr(safe_load, "load_pickled_weights", lambda *a, **k: reads.append(a) or real(*a, **k))
+    with TestClient(models_webui(folder)) as client:
+        answers = [client.get(MODELS) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3, answers[0].text
+        row = {r["name"]: r for r in answers[0].json()["files"]}["caphuman"]
+        assert row["status"] == "unreadable" and "cannot be read" in row["note"] and row["path"]
+        assert len(reads) == 1  # the failure is remembered by path, size and mtime
+        os.utime(folder / "caphuman.ckpt", ns=(1, 1))
+        assert client.get(MODELS).status_code == 200 and len(reads) == 2  # changed: read again
+
+
+def test_models_route_shows_no_server_paths(tmp_path):
+    import torch
+
+    folder = tmp_path / "webui" / "models" / "CapHuman"
+    (folder / "deca").mkdir(parents=True)
+    torch.save({"state_dict": {"control_model.x": torch.zeros(1)}}, folder / "caphuman.ckpt")
+    (folder / "deca" / "deca_model.tar").write_bytes(b"tar")
+    (folder / "20180402-114759-vggface2.pt").write_bytes(b"a re-saved copy")
+    with TestClient(models_webui(folder)) as client:
+        answer = client.get(MODELS, params={"verify": "1"})
+    assert answer.status_code == 200, answer.text
+    assert str(tmp_path) not in answer.text and str(tmp_path.resolve()) not in answer.text
+    rows = {r["name"]: r for r in answer.json()["files"]}
+    assert rows["caphuman"]["path"] == "CapHuman/caphuman.ckpt"
+    assert rows["deca_model"]["path"] == "CapHuman/deca/deca_model.tar"
+    assert rows["facenet"]["status"] == "differs" and answer.json()["folders"] == ["CapHuman"]
+    assert answer.json()["models"] == ["caphuman.ckpt"] and "CapHuman" in answer.json()["head_assets"]
+
+
+def test_models_route_never_answers_500(tmp_path):
+    def broken(verify):
+        raise RuntimeError("a disk that fails")
+
+    app, _ = make_webui()
+    api.install_api(app, folders=lambda: [tmp_path], preview=preview_images, version="test", model_files=broken)
+    with TestClient(app) as client:
+        answer = client.get(MODELS)
+    assert answer.status_code == 503 and "could not be listed" in answer.text
+
+
+# one validation: structure and headers in the guard, pixels once at generation, bounded work, 429 at once -------
+@pytest.fixture
+def pixel_loads(monkeypatch):
+    """Every decode of pixels (Pillow's `ImageFile.load`), by image size."""
+    from PIL import ImageFile
+
+    loads = []
+    real = ImageFile.ImageFile.load
+
+    def load(self):
+        if getattr(self, "_im", None) is None:  # not decoded yet
+            loads.append(self.size)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return loads
+
+
+def test_the_guard_decodes_no_pixels_and_generation_decodes_each_photo_once(webui, pixel_loads):
+    client, received = webui
+    pose = b64(encode(Image.new("RGB", (24, 20), (1, 2, 3)), "JPEG"))
+    assert client.post(TXT2IMG, json=unit_body(enabled(pose_image=pose))).status_code == 200
+    assert pixel_loads == []  # headers only
+    args = json.loads(received[0])["alwayson_scripts"]["CapHuman"]["args"]
+    units = params.units_from_args(args)  # what the script does at generation
+    assert sorted(pixel_loads) == [(24, 20), (40, 32)]
+    assert units[0].pose_image.size == (24, 20) and units[0].reference_images[0].size == (40, 32)
+
+
+def test_a_photo_whose_pixels_are_damaged_is_refused_at_generation(webui):
+    client, received = webui
+    data = bytearray(encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))))
+    start = data.index(b"IDAT") + 8
+    data[start: start + 200] = b"\xff" * 200  # the header is fine, the compressed pixels are not
+    assert client.post(TXT2IMG, json=unit_body(enabled(reference_images=[b64(bytes(data))]))).status_code == 200
+    with pytest.raises(UnitValidationError) as error:
+        params.units_from_args(json.loads(received[0])["alwayson_scripts"]["CapHuman"]["args"])
+    assert error.value.field == "reference_images"
+
+
+def test_the_script_key_given_twice_is_refused(webui):
+    client, received = webui
+    hidden = {"enabled": True, "reference_images": [PHOTO], "strength": 9}  # would be run unchecked
+    body = {"prompt": "x", "alwayson_scripts": {"caphuman": {"args": [enabled()]}, "CapHuman": {"args": [hidden]}}}
+    response = client.post(TXT2IMG, json=body)
+    assert_refused(response, "CapHuman")
+    assert "2 times" in response.json()["detail"][0]["msg"] and received == []
+
+
+def test_the_work_of_one_request_is_bounded(webui, pixel_loads):
+    client, received = webui
+    full = b64(png_bomb(2048))  # a full working-size photo in a few kB
+    many = unit_body([enabled(reference_images=[full] * 8)] * 4)  # 32 photos: each unit within its own limit
+    response = client.post(TXT2IMG, json=many)
+    assert_refused(response, "reference_images", 413)
+    assert "32 photos" in response.json()["detail"][0]["msg"]
+    pixels = unit_body([enabled(reference_images=[full] * 5), enabled(reference_images=[full] * 4)])  # 9 × 4.2 MP
+    response = client.post(TXT2IMG, json=pixels)
+    assert_refused(response, "reference_images", 413)
+    assert "pixels at their working size" in response.json()["detail"][0]["msg"]
+    wide = b64(encode(Image.new("1", (20000, 100))))  # 2 MP declared, 0.2 MP of work
+    assert client.post(TXT2IMG, json=unit_body([enabled(reference_images=[wide] * 8)] * 2)).status_code == 200
+    assert pixel_loads == [] and len(received) == 1
+    with pytest.raises(params.UnitTooLargeError):  # the script checks the same before decoding
+        params.units_from_args(many["alwayson_scripts"]["CapHuman"]["args"])
+    assert pixel_loads == []
+
+
+def _blocking_checks(monkeypatch, count: int):
+    """Guard checks that wait until released; `entered` is released once per check that started."""
+    entered, release = threading.Semaphore(0), threading.Event()
+    real = api.check_unit
+
+    def check(data):
+        entered.release()
+        release.wait(timeout=30)
+        return real(data)
+
+    monkeypatch.setattr(api, "check_unit", check, raising=False)
+    return entered, release
+
+
+def test_a_client_over_its_share_gets_429_at_once(monkeypatch):
+    entered, release = _blocking_checks(monkeypatch, 2)
+    app, received = make_webui()
+    install(app)
+    with TestClient(app) as client:
+        results = []
+        held = [threading.Thread(target=lambda: results.append(client.post(TXT2IMG, json=unit_body(enabled()))))
+                for _ in range(2)]
+        for thread in held:
+            thread.start()
+        started = [entered.acquire(timeout=10) for _ in held]
+        extra = []
+        third = threading.Thread(target=lambda: extra.append(client.post(TXT2IMG, json=unit_body(enabled()))))
+        third.start()
+        third.join(timeout=10)  # answered without waiting for a slot (old code: it waits for the release)
+        answered_at_once = not third.is_alive()
+        assert client.get("/internal/ping").status_code == 200
+        release.set()
+        for thread in [*held, third]:
+            thread.join(timeout=30)
+    assert started == [True, True] and answered_at_once
+    assert extra[0].status_code == 429 and extra[0].headers["retry-after"] == "1"
+    assert [r.status_code for r in results] == [200, 200] and len(received) == 2
+
+
+def test_when_every_slot_and_the_queue_are_taken_the_answer_is_503(monkeypatch):
+    entered, release = _blocking_checks(monkeypatch, 1)
+    app, received = make_webui()
+    install(app, concurrent_checks=1, waiting_checks=0, checks_per_client=5)
+    with TestClient(app) as client:
+        results = []
+        held = threading.Thread(target=lambda: results.append(client.post(TXT2IMG, json=unit_body(enabled()))))
+        held.start()
+        assert entered.acquire(timeout=10)
+        busy = client.post(TXT2IMG, json=unit_body(enabled()))  # would wait forever for the held slot before
+        release.set()
+        held.join(timeout=30)
+    assert busy.status_code == 503 and results[0].status_code == 200

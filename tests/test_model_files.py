@@ -393,5 +393,188 @@ def test_panel_reports_a_failed_download_and_refreshes(tmp_path):
     def failing(name):
         raise weights.ModelFileMissingError("offline")
 
-    message, table = download_and_report("facenet", lambda verify: model_status([tmp_path], hub_caches=[]), failing)
+    message, table = download_and_report("facenet", lambda verify, model: model_status([tmp_path], hub_caches=[]),
+                                         failing)
     assert "20180402-114759-vggface2.pt: offline" in message and "**missing**" in table
+
+
+# one hash and one download per file at a time ------------------------------------------------------------------
+def _wait_until(condition, what: str) -> None:
+    import threading
+
+    pause = threading.Event()
+    for _ in range(2000):  # at most ~20 s; returns as soon as the condition holds
+        if condition():
+            return
+        pause.wait(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_concurrent_verifies_hash_a_file_once(tmp_path, monkeypatch):
+    """8 concurrent `?verify=1` on one file: one read; the others wait for it and use its hash."""
+    import threading
+
+    path = tmp_path / "79999_iter.pth"
+    path.write_bytes(b"x" * 1000)
+    model = published_as(weights.FACE_PARSING, path)
+    real, reads, callers = weights.sha256, [], 8
+    start = threading.Barrier(callers)
+
+    def slow_sha256(p):
+        reads.append(p)
+        flights = weights.HASHES._flights if hasattr(weights.HASHES, "_flights") else None
+        # hold the read until every other caller is either reading too (no lock) or waiting for this one
+        _wait_until(lambda: len(reads) == callers or (flights is not None and flights.waiting(str(path.resolve()))
+                                                       == callers - 1), "the other callers")
+        return real(p)
+
+    monkeypatch.setattr(weights, "sha256", slow_sha256)
+    results = []
+
+    def verify():
+        start.wait()
+        results.append(weights.verify(path, model).verified)
+
+    threads = [threading.Thread(target=verify) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [True] * callers and len(reads) == 1
+
+
+def _failing_urlopen(calls, entered, release):
+    def urlopen(url, timeout=None):
+        calls.append(url)
+        entered.set()
+        release.wait(timeout=30)
+        raise OSError("network unreachable")
+    return urlopen
+
+
+def test_concurrent_downloads_fail_once_and_the_failure_is_remembered(tmp_path, monkeypatch):
+    import threading
+
+    calls, entered, release = [], threading.Event(), threading.Event()
+    monkeypatch.setattr(weights.urllib.request, "urlopen", _failing_urlopen(calls, entered, release))
+    errors = []
+
+    def attempt():
+        try:
+            weights.download(weights.FACENET_VGGFACE2, tmp_path / "models", progress=lambda done, total: None)
+        except weights.ModelFileMissingError as error:
+            errors.append(str(error))
+
+    first = threading.Thread(target=attempt)
+    first.start()
+    assert entered.wait(timeout=30)
+    others = [threading.Thread(target=attempt) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    release.set()
+    for thread in [first, *others]:
+        thread.join(timeout=60)
+    attempt()  # a later call within the memory: not tried again either
+    assert len(calls) == 1 and len(errors) == 5 and all("network unreachable" in e for e in errors)
+    assert not list((tmp_path / "models").iterdir())  # no .part left
+
+
+def test_concurrent_downloads_share_one_transfer(tmp_path, monkeypatch):
+    import threading
+
+    served = tmp_path / "served.pth"
+    served.write_bytes(b"parsing weights")
+    model = published_as(weights.FACE_PARSING, served)
+    real, calls, entered, release = weights.urllib.request.urlopen, [], threading.Event(), threading.Event()
+
+    def slow_urlopen(url, timeout=None):
+        calls.append(url)
+        entered.set()
+        release.wait(timeout=30)
+        return real(url, timeout=timeout)
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", slow_urlopen)
+    paths = []
+    fetch = lambda: paths.append(weights.download(model, tmp_path / "models", progress=lambda d, t: None))  # noqa: E731
+    first = threading.Thread(target=fetch)
+    first.start()
+    assert entered.wait(timeout=30)
+    others = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    release.set()
+    for thread in [first, *others]:
+        thread.join(timeout=60)
+    assert len(calls) == 1 and paths == [tmp_path / "models" / "79999_iter.pth"] * 4
+    assert paths[0].read_bytes() == b"parsing weights"
+
+
+def test_a_failed_download_of_a_differing_file_does_not_call_it_missing(tmp_path, monkeypatch):
+    from caphuman_ext.model_files import download
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "20180402-114759-vggface2.pt").write_bytes(b"a re-saved copy")
+    calls, entered, release = [], __import__("threading").Event(), __import__("threading").Event()
+    release.set()
+    monkeypatch.setattr(weights.urllib.request, "urlopen", _failing_urlopen(calls, entered, release))
+    with pytest.raises(weights.ModelFileMissingError) as error:
+        download("facenet", [folder], progress=lambda done, total: None)
+    assert "is missing" not in str(error.value) and "not the published file" in str(error.value)
+    assert (folder / "20180402-114759-vggface2.pt").read_bytes() == b"a re-saved copy"
+
+
+# the panel: what it offers, which CapHuman file it describes, never raising --------------------------------------
+def test_panel_offers_only_the_downloads_a_user_needs(tmp_path, monkeypatch, clip_model_state):
+    from caphuman_ext.model_files import model_status
+    from caphuman_ext.model_files_panel import panel_view
+
+    torch.save({"state_dict": {**capface_state(), **{"control_cond_stage_model.transformer." + k: v for k, v in
+                                                     vision_part(clip_model_state).items()}}},
+               tmp_path / "caphuman.ckpt")  # the CLIP tower is inside the CapHuman file
+    parsing = tmp_path / "79999_iter.pth"
+    parsing.write_bytes(b"published bytes")
+    monkeypatch.setattr(weights, "FACE_PARSING", published_as(weights.FACE_PARSING, parsing))
+    (tmp_path / "20180402-114759-vggface2.pt").write_bytes(b"a re-saved copy")  # present with another hash
+    table, offered, message = panel_view(lambda verify, model: model_status([tmp_path], hub_caches=[],
+                                                                            verify=verify, model=model), True)
+    assert message == "" and "clip_vision" not in offered and "face_parsing" not in offered
+    assert offered["facenet"].startswith("Replace 20180402-114759-vggface2.pt") and "missing" not in offered["facenet"]
+    assert "CapHuman file: `" in table
+
+
+def test_panel_describes_the_file_the_unit_uses(tmp_path, clip_model_state):
+    from caphuman_ext.model_files import model_status
+    from caphuman_ext.unit.builder import UnitBuilder
+
+    torch.save({"state_dict": capface_state()}, tmp_path / "caphuman.ckpt")  # alphabetically first, no CLIP
+    torch.save({"state_dict": {**capface_state(), **{"clip_vision." + k: v for k, v in
+                                                     vision_part(clip_model_state).items()}}},
+               tmp_path / "caphuman_b.ckpt")
+    for model in ("", "caphuman_b.ckpt"):
+        rows = rows_by_name(model_status([tmp_path], hub_caches=[], model=model))
+        used = UnitBuilder([tmp_path]).model_path(model)
+        assert rows["caphuman"]["path"] == str(used) and "caphuman" in rows["caphuman"]["note"]  # the other file
+        assert (rows["clip_vision"]["where"] == "CapHuman file") == (used.name == "caphuman_b.ckpt")
+    rows = rows_by_name(model_status([tmp_path], hub_caches=[], model="gone.ckpt"))
+    assert rows["caphuman"]["status"] == "missing" and "gone.ckpt" in rows["caphuman"]["note"]
+
+
+def test_panel_builds_over_a_truncated_caphuman_file(tmp_path):
+    """What Script.ui shows: the table with the file marked unreadable, never an exception (A1111 would drop the
+    whole CapHuman panel)."""
+    from caphuman_ext.model_files import READS, model_status
+    from caphuman_ext.model_files_panel import panel_view
+
+    READS.clear()
+    torch.save({"state_dict": capface_state()}, tmp_path / "caphuman.ckpt")
+    (tmp_path / "caphuman.ckpt").write_bytes((tmp_path / "caphuman.ckpt").read_bytes()[:104])
+    table, offered, message = panel_view(lambda verify, model: model_status([tmp_path], hub_caches=[],
+                                                                            verify=verify, model=model))
+    assert message == "" and "**unreadable**" in table and "clip_vision" in offered
+
+    def failing(verify, model):
+        raise PermissionError("models folder")
+
+    table, offered, message = panel_view(failing)
+    assert table == "" and offered == {} and "PermissionError: models folder" in message

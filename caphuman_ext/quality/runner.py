@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from caphuman_ext.unit.params import UnitValidationError
 from preprocessors.head.codes import MODES
 
 from . import protocol, summary, table
@@ -74,6 +73,14 @@ class _LocalScore:
         return score_request(payload, self.scorer)
 
 
+def _score_row(answer) -> dict:
+    """The CSV columns of a score answer's first unit; ValueError for an answer of another shape."""
+    units = answer.get("units") if isinstance(answer, dict) else None
+    if not isinstance(units, list) or not units or not isinstance(units[0], dict):
+        raise ValueError("the score answer holds no unit scores")
+    return FaceScore.from_dict(units[0]).flat()
+
+
 def run(config: RunConfig) -> RunResult:
     identities = protocol.load_identities(config.identities)
     conditions = protocol.load_conditions(config.poses, config.modes)
@@ -110,15 +117,14 @@ def run(config: RunConfig) -> RunResult:
                 name = Path("images") / job.image_name()
                 image.save(out / name)
                 row["image"] = str(name)
-                answer = scorer(score_payload(image, [unit]))
-                row.update(FaceScore.from_dict(answer["units"][0]).flat())
+                row.update(_score_row(scorer(score_payload(image, [unit]))))
                 generated += 1
             except WebuiError as error:
                 if error.fatal:
                     raise
                 row["error"], failed = str(error), failed + 1
-            except (UnitValidationError, KeyError, IndexError, ValueError) as error:
-                row["error"], failed = f"{type(error).__name__}: {error}", failed + 1
+            except Exception as error:  # noqa: BLE001 - one odd answer is that case's error; the run goes on
+                row["error"], failed = f"{type(error).__name__}: {str(error)[:500]}", failed + 1
             table.append_row(csv_path, row)
             if bar is not None:
                 bar.update(1)

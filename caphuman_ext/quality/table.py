@@ -32,6 +32,7 @@ def read_rows(path: Path) -> list[dict]:
                              "use another --out folder")
         latest: dict[tuple, dict] = {}
         for row in reader:
+            row = {key: _uncell(value) for key, value in row.items()}
             latest[row_key(row)] = row
     return list(latest.values())
 
@@ -52,12 +53,26 @@ def append_row(path: Path, row: dict) -> None:
         handle.flush()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula (CSV injection)
+
+
 def _cell(value) -> str:
+    """A CSV cell: numbers as numbers; text starting like a formula prefixed with ' so no spreadsheet runs it."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) or text.startswith("'") else text
+
+
+def _uncell(text: str | None) -> str | None:
+    """A cell as written by `_cell`, read back (the ' of neutralised text removed)."""
+    return text[1:] if isinstance(text, str) and text.startswith("'") else text
 
 
 def number(row: dict, column: str) -> float | None:

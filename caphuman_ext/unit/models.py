@@ -20,9 +20,13 @@ def list_capface_models(folders: list[Path]) -> dict[str, Path]:
     """name -> path of every CapHuman checkpoint candidate (caphuman*.ckpt / *.safetensors)."""
     found: dict[str, Path] = {}
     for folder in folders:
-        if not folder.is_dir():
+        try:
+            if not folder.is_dir():
+                continue
+            names = sorted(folder.iterdir())
+        except OSError:  # a folder the webui may not read: nothing found there
             continue
-        for path in sorted(folder.iterdir()):
+        for path in names:
             if path.suffix.lower() in (".ckpt", ".safetensors") and "caphuman" in path.name.lower():
                 found.setdefault(path.name, path)
     return found

@@ -19,10 +19,24 @@ from typing import Any
 from preprocessors.head.codes import MODES
 from preprocessors.head.frames import RESIZE_MODES
 from preprocessors.identity.errors import ImageError
-from preprocessors.identity.image_io import MAX_PHOTO_BYTES, PhotoTooLargeError, decode_photo, load_image
+from preprocessors.identity.image_io import (
+    MAX_PHOTO_BYTES,
+    MAX_SIDE,
+    PhotoTooLargeError,
+    decode_photo,
+    inspect_photo,
+    load_image,
+    working_pixels,
+)
 
 PASSES = ("both", "first", "hires")  # values of `passes` (API, infotext, X/Y/Z)
 MAX_PHOTOS = 8  # reference photos per unit (the first plus the UI's "more photos")
+# The work one request may ask for, over all its units (reference and pose photos): every photo is parsed, encoded
+# and fitted at its working size (at most MAX_SIDE a side, as `upright_rgb` downscales it; the reference pipeline
+# parses photos at full size, so no smaller working size leaves its results unchanged). Eight full-size photos'
+# worth: ~2 minutes of identity encoding on a CPU, where 32 photos of 49 MP took 7-8.
+MAX_REQUEST_PHOTOS = 16
+MAX_REQUEST_PIXELS = 8 * MAX_SIDE * MAX_SIDE
 MAX_FACE_INDEX = 32
 MAX_MODEL_NAME = 255
 _MODEL_NAME = re.compile(r"[^\x00-\x1f\x7f/\\;]+")  # a file name from the model list: no separators or controls
@@ -89,6 +103,14 @@ def describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+@dataclass(frozen=True)
+class PhotoInfo:
+    """An encoded photo checked without decoding its pixels (`check_unit`): the size its header declares."""
+
+    width: int
+    height: int
+
+
 def _as_image(image, field_name: str):
     try:
         return load_image(image)
@@ -98,32 +120,36 @@ def _as_image(image, field_name: str):
         raise UnitValidationError(field_name, str(error)) from error
 
 
-def _decode(data, field_name: str, what: str):
+def _decode(data, field_name: str, what: str, decode: bool = True):
     try:
-        return decode_photo(data)
+        return decode_photo(data) if decode else PhotoInfo(*inspect_photo(data))
     except PhotoTooLargeError as error:
         raise UnitTooLargeError(field_name, str(error)) from error
     except ImageError as error:
         raise UnitValidationError(field_name, f"{what}: {error}") from error
 
 
-def decode_image(value: Any, field_name: str, _depth: int = 0):
+def decode_image(value: Any, field_name: str, _depth: int = 0, decode: bool = True):
     """Upright RGB PIL image (see preprocessors.identity.image_io) from a PIL/numpy image, a base64 string (optionally
     a data URL), raw bytes, a gradio image dict or an uploaded file; encoded data is decoded by `decode_photo` with
-    its format and size limits."""
+    its format and size limits. `decode=False` runs every check that needs no pixels and returns a `PhotoInfo` for
+    encoded data (the size a PIL image already has for a PIL image)."""
     from PIL import Image
 
     if value is None:
         return None
+    if isinstance(value, Image.Image) and not decode:
+        return PhotoInfo(*value.size)
     if isinstance(value, Image.Image) or hasattr(value, "shape"):
         return _as_image(value, field_name)
     if isinstance(value, dict) and _depth == 0:  # gradio image editor / file objects
         inner = next((value[k] for k in ("image", "composite", "background") if value.get(k) is not None), None)
-        return decode_image(inner, field_name, 1)  # an editor holding no image: no image
+        return decode_image(inner, field_name, 1, decode)  # an editor holding no image: no image
     if isinstance(value, (bytes, bytearray)):
-        return _decode(bytes(value), field_name, "not a readable image")
+        return _decode(bytes(value), field_name, "not a readable image", decode)
     if hasattr(value, "name") and not isinstance(value, str):  # an uploaded file (gradio File)
-        return _decode(Path(str(value.name)), field_name, f"{Path(str(value.name)).name} is not a readable image")
+        return _decode(Path(str(value.name)), field_name, f"{Path(str(value.name)).name} is not a readable image",
+                       decode)
     if isinstance(value, str):
         if value.startswith("data:") and "," in value:
             value = value.split(",", 1)[1]
@@ -134,7 +160,7 @@ def decode_image(value: Any, field_name: str, _depth: int = 0):
             data = base64.b64decode(value, validate=False)
         except (binascii.Error, ValueError) as error:
             raise UnitValidationError(field_name, "not a base64-encoded image") from error
-        return _decode(data, field_name, "not a base64-encoded PNG, JPEG, WebP or BMP image")
+        return _decode(data, field_name, "not a base64-encoded PNG, JPEG, WebP or BMP image", decode)
     raise UnitValidationError(field_name, f"expected an image, got {describe(value)}")
 
 
@@ -214,9 +240,9 @@ def _photo_list(value: Any, name: str) -> list:
     return [v for v in images if v is not None]
 
 
-def _numbered_photo(value: Any, name: str, index: int, count: int):
+def _numbered_photo(value: Any, name: str, index: int, count: int, decode: bool = True):
     try:
-        return decode_image(value, name)
+        return decode_image(value, name, decode=decode)
     except UnitValidationError as error:
         if count > 1:
             error.reason = f"photo {index + 1}: {error.reason}"
@@ -224,8 +250,9 @@ def _numbered_photo(value: Any, name: str, index: int, count: int):
         raise
 
 
-def unit_from_dict(data: dict) -> UnitParams:
-    """Validate an API/UI dict; unknown keys and wrong values raise UnitValidationError naming the field."""
+def unit_from_dict(data: dict, decode: bool = True) -> UnitParams:
+    """Validate an API/UI dict; unknown keys and wrong values raise UnitValidationError naming the field.
+    `decode=False`: see `check_unit`."""
     if not isinstance(data, dict):
         raise UnitValidationError("unit", f"expected an object, got {describe(data)}")
     unknown = sorted(str(k) for k in set(data) - set(FIELD_ORDER) - {"reference_image"})
@@ -262,10 +289,10 @@ def unit_from_dict(data: dict) -> UnitParams:
                 raise UnitValidationError(name, f"choose from {list(RESIZE_MODES)}, got {describe(value)}")
             unit.resize_mode = value
         elif name in photos:
-            decoded = [_numbered_photo(v, name, i, len(photos[name])) for i, v in enumerate(photos[name])]
+            decoded = [_numbered_photo(v, name, i, len(photos[name]), decode) for i, v in enumerate(photos[name])]
             setattr(unit, name, [image for image in decoded if image is not None])
         elif name == "pose_image":
-            unit.pose_image = decode_image(value, name)
+            unit.pose_image = decode_image(value, name, decode=decode)
         else:
             setattr(unit, name, _number(values, name))
     unit.reference_images = unit.reference_images + unit.more_reference_images
@@ -277,24 +304,50 @@ def unit_from_dict(data: dict) -> UnitParams:
     return unit
 
 
+def check_unit(data: dict) -> UnitParams:
+    """`unit_from_dict` without decoding a pixel: structure, types, bounds, base64 and photo headers (format,
+    declared size) are checked; photos given encoded are `PhotoInfo`s. What the API checks before the webui runs a
+    request: the photos are decoded once, at generation."""
+    return unit_from_dict(data, decode=False)
+
+
+def _photos_of(unit: UnitParams) -> list:
+    return [*unit.reference_images, *unit.more_reference_images,
+            *([unit.pose_image] if unit.pose_image is not None else [])]
+
+
+def check_request_work(units: list[UnitParams]) -> None:
+    """The work a request asks for, over all its units: at most MAX_REQUEST_PHOTOS photos and MAX_REQUEST_PIXELS
+    pixels at their working size (UnitTooLargeError naming `reference_images`)."""
+    sizes = [(photo.width, photo.height) if hasattr(photo, "width") else tuple(photo.shape[1::-1])
+             for unit in units for photo in _photos_of(unit)]
+    if len(sizes) > MAX_REQUEST_PHOTOS:
+        raise UnitTooLargeError("reference_images", f"{len(sizes)} photos in the request (reference and pose photos "
+                                f"of every unit); at most {MAX_REQUEST_PHOTOS} are accepted")
+    work = sum(working_pixels(int(w), int(h)) for w, h in sizes)
+    if work > MAX_REQUEST_PIXELS:
+        raise UnitTooLargeError("reference_images", f"the request's photos are {work:,} pixels at their working size "
+                                f"(at most {MAX_SIDE} a side); at most {MAX_REQUEST_PIXELS:,} are accepted")
+
+
 def units_from_args(args: tuple | list, fields_per_unit: int = len(FIELD_ORDER)) -> list[UnitParams]:
     """Script arguments -> units in their positions (disabled ones included): API dicts (the webui keeps the UI's
-    defaults after them), or the UI's flat component values in FIELD_ORDER per unit."""
+    defaults after them), or the UI's flat component values in FIELD_ORDER per unit. The request's work is bounded
+    (`check_request_work`, from the photos' headers) before any photo is decoded."""
     if args and isinstance(args[0], dict):
-        leading = []
+        chunks = []
         for value in args:
             if not isinstance(value, dict):
                 break
-            leading.append(value)
-        return [unit_from_dict(value) for value in leading]
-    units = []
-    for start in range(0, len(args) - fields_per_unit + 1, fields_per_unit):
-        chunk = dict(zip(FIELD_ORDER, args[start: start + fields_per_unit]))
-        for name in ("reference_images", "more_reference_images"):
-            if chunk.get(name) is None:
-                chunk[name] = []
-        if not chunk.get("enabled"):
-            chunk = {"enabled": False}
-        units.append(unit_from_dict(chunk))
-    return units
+            chunks.append(value)
+    else:
+        chunks = []
+        for start in range(0, len(args) - fields_per_unit + 1, fields_per_unit):
+            chunk = dict(zip(FIELD_ORDER, args[start: start + fields_per_unit]))
+            for name in ("reference_images", "more_reference_images"):
+                if chunk.get(name) is None:
+                    chunk[name] = []
+            chunks.append(chunk if chunk.get("enabled") else {"enabled": False})
+    check_request_work([check_unit(chunk) for chunk in chunks])
+    return [unit_from_dict(chunk) for chunk in chunks]
 

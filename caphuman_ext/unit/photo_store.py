@@ -1,8 +1,11 @@
 """Reference photos kept on disk under a short content hash, so pasting an image's parameters can bring its photos
 back: the hash is written in the infotext ("photos 1a2b3c4d5e6f"), `lookup` returns the photos or None.
 
-The store is bounded in bytes: saving evicts the entries used longest ago. Entries are checked on lookup (decoded
-with the photo limits, hash recomputed), so a damaged or foreign folder entry reads as missing, never as wrong photos.
+The store is bounded in disk use (allocated blocks, not file sizes: a one-pixel PNG takes a whole block) and in entry
+count: saving evicts the entries used longest ago. A save writes into a staging folder first; staging folders left by
+a killed save (their process gone, or older than an hour) are removed by the next save. Entries are checked on lookup
+(decoded with the photo limits, hash recomputed), so a damaged or foreign folder entry reads as missing, never as
+wrong photos.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +27,9 @@ from preprocessors.photo_key import photo_key
 HASH_LENGTH = 12
 _HASH = re.compile(rf"[0-9a-f]{{{HASH_LENGTH}}}")
 DEFAULT_MAX_BYTES = 512 * 2**20
+DEFAULT_MAX_ENTRIES = 4096
+STAGING = ".staging-"
+STALE_STAGING_SECONDS = 3600.0
 
 
 def photos_hash(images: list[Image.Image]) -> str:
@@ -38,16 +45,51 @@ def is_photos_hash(value: object) -> bool:
     return isinstance(value, str) and _HASH.fullmatch(value) is not None
 
 
+def _disk_bytes(stat: os.stat_result) -> int:
+    """What a file takes on disk: its allocated blocks (its size where the platform has no st_blocks)."""
+    blocks = getattr(stat, "st_blocks", None)
+    return stat.st_size if blocks is None else blocks * 512
+
+
 def _entry_bytes(entry: Path) -> int:
-    return sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+    """Disk use of an entry: the folder itself and every file in it."""
+    total = _disk_bytes(entry.stat())
+    for item in entry.iterdir():
+        stat = item.lstat()
+        total += _disk_bytes(stat)
+    return total
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its folder alone
+    return True
+
+
+def _stale_staging(path: Path, now: float) -> bool:
+    """A staging folder no save is writing any more: its process is gone, or it is older than an hour."""
+    owner = path.name[len(STAGING):].split("-", 1)[0]
+    if owner.isdigit() and int(owner) != os.getpid() and not _process_alive(int(owner)):
+        return True
+    try:
+        return now - path.stat().st_mtime > STALE_STAGING_SECONDS
+    except OSError:
+        return False
 
 
 class PhotoStore:
-    """`folder/<hash>/<n>.png` per saved photo set, at most `max_bytes` in all."""
+    """`folder/<hash>/<n>.png` per saved photo set, at most `max_bytes` of disk and `max_entries` sets in all."""
 
-    def __init__(self, folder: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, folder: Path, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self._swept = False  # stale staging folders are removed by the first save of a process, then on each new one
 
     def save(self, images: list[Image.Image]) -> str:
         """Store the photos (PNG, lossless) and return their hash; a set larger than the store is not kept."""
@@ -56,9 +98,11 @@ class PhotoStore:
         entry = self.folder / digest
         if entry.is_dir():
             os.utime(entry)
+            if not self._swept:
+                self._evict(keep=entry)
             return digest
         self.folder.mkdir(parents=True, exist_ok=True)
-        staging = self.folder / f".staging-{uuid.uuid4().hex}"
+        staging = self.folder / f"{STAGING}{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
             for index, image in enumerate(images):
@@ -103,17 +147,22 @@ class PhotoStore:
         return files, images
 
     def _evict(self, keep: Path) -> None:
-        entries = []
+        """Remove stale staging folders, then the entries used longest ago until both bounds hold."""
+        self._swept = True
+        entries, now = [], time.time()
         for entry in self.folder.iterdir():
             try:
-                if entry.is_dir() and is_photos_hash(entry.name):
+                if entry.name.startswith(STAGING) and entry.is_dir():
+                    if _stale_staging(entry, now):
+                        shutil.rmtree(entry, ignore_errors=True)
+                elif entry.is_dir() and is_photos_hash(entry.name):
                     entries.append((entry.stat().st_mtime, entry, _entry_bytes(entry)))
             except OSError:
                 continue
-        total = sum(size for _, _, size in entries)
+        total, count = sum(size for _, _, size in entries), len(entries)
         for _, entry, size in sorted(entries, key=lambda item: item[0]):
-            if total <= self.max_bytes:
+            if total <= self.max_bytes and count <= self.max_entries:
                 break
             if entry != keep:
                 shutil.rmtree(entry, ignore_errors=True)
-                total -= size
+                total, count = total - size, count - 1

@@ -95,10 +95,15 @@ def _read_bytes(source, max_bytes: int) -> bytes:
     return data
 
 
-def decode_photo(source, max_bytes: int = MAX_PHOTO_BYTES, max_pixels: int = MAX_PHOTO_PIXELS,
-                 max_side: int = MAX_SIDE) -> Image.Image:
-    """Encoded photo (bytes or a path) -> `upright_rgb` image. Raises ImageError (PhotoTooLargeError for size)."""
-    data = _read_bytes(source, max_bytes)
+def working_pixels(width: int, height: int, max_side: int = MAX_SIDE) -> int:
+    """Pixels of a width × height photo once `upright_rgb` has downscaled it to at most `max_side` (the size every
+    stage works at: what a photo costs, whatever it declares)."""
+    scale = min(1.0, max_side / max(width, height, 1))
+    return max(1, round(width * scale)) * max(1, round(height * scale))
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """The photo opened lazily (only its header read): allowed format, declared size within `max_pixels`."""
     try:
         image = Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
     except Image.DecompressionBombError as error:
@@ -111,6 +116,20 @@ def decode_photo(source, max_bytes: int = MAX_PHOTO_BYTES, max_pixels: int = MAX
     if width * height > max_pixels:
         raise PhotoTooLargeError(f"the photo declares {width}×{height} pixels; at most {max_pixels} pixels "
                                  "are accepted")
+    return image
+
+
+def inspect_photo(source, max_bytes: int = MAX_PHOTO_BYTES, max_pixels: int = MAX_PHOTO_PIXELS) -> tuple[int, int]:
+    """(width, height) an encoded photo (bytes or a path) declares, with the checks of `decode_photo` that need no
+    pixels: bytes, format, declared pixels. No pixel is decoded (Pillow's `open` reads the header only)."""
+    image = _open_checked(_read_bytes(source, max_bytes), max_pixels)
+    return image.size
+
+
+def decode_photo(source, max_bytes: int = MAX_PHOTO_BYTES, max_pixels: int = MAX_PHOTO_PIXELS,
+                 max_side: int = MAX_SIDE) -> Image.Image:
+    """Encoded photo (bytes or a path) -> `upright_rgb` image. Raises ImageError (PhotoTooLargeError for size)."""
+    image = _open_checked(_read_bytes(source, max_bytes), max_pixels)
     try:
         image.load()
         return upright_rgb(image, max_side)

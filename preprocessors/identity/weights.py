@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IdentityError
+from .single_flight import SingleFlight
 
 LOG = logging.getLogger("caphuman")
 EXTENSION_MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -114,6 +115,7 @@ class HashCache:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._flights = SingleFlight()  # concurrent requests for one file: one read, the others wait for it
         self._entries: dict[str, tuple[int, int, str]] | None = None
 
     def _load(self) -> dict[str, tuple[int, int, str]]:
@@ -145,6 +147,9 @@ class HashCache:
         if known is not None:
             return known
         name, size, mtime = self._key(path)
+        return self._flights.run(name, lambda: self._compute(name, size, mtime), reuse=lambda: self.cached(path))
+
+    def _compute(self, name: str, size: int, mtime: int) -> str:
         value = sha256(Path(name))
         with self._lock:
             self._load()[name] = (size, mtime, value)
@@ -219,11 +224,27 @@ def console_progress(filename: str) -> Progress:
     return report
 
 
+DOWNLOAD_FAILURE_SECONDS = 30.0
+_DOWNLOADS = SingleFlight(remember_failures=DOWNLOAD_FAILURE_SECONDS)
+
+
 def download(model: ModelFile, folder: Path, progress: Progress | None = None, url: str | None = None) -> Path:
-    """Download `model` into `folder` atomically; it is kept only if its size and SHA-256 are the published ones."""
+    """Download `model` into `folder` atomically; it is kept only if its size and SHA-256 are the published ones.
+
+    One download per target file at a time: concurrent callers wait and get the file it downloaded; a failure is
+    raised again to every caller for `DOWNLOAD_FAILURE_SECONDS` instead of being retried on every call."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / model.filename
+
+    def downloaded() -> Path | None:
+        return target if target.is_file() and HASHES.cached(target) == model.sha256 else None
+
+    return _DOWNLOADS.run(str(target.resolve()), lambda: _download(model, folder, target, progress, url),
+                          reuse=downloaded)
+
+
+def _download(model: ModelFile, folder: Path, target: Path, progress: Progress | None, url: str | None) -> Path:
     source = url or model.url
     progress = progress or console_progress(model.filename)
     digest = hashlib.sha256()
@@ -244,8 +265,10 @@ def download(model: ModelFile, folder: Path, progress: Progress | None = None, u
     except OSError as error:
         if part_name:
             os.unlink(part_name)
+        state = (f"on disk at {target} is not the published file (kept as it is)" if target.is_file()
+                 else "is missing")
         raise ModelFileMissingError(
-            f"{model.filename} is missing and could not be downloaded from {source} ({error}). "
+            f"{model.filename} {state} and could not be downloaded from {source} ({error}). "
             f"Download it yourself and put it in {folder}: {model.about}.") from error
     if (done, digest.hexdigest()) != (model.size, model.sha256):
         os.unlink(part_name)
