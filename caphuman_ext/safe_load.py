@@ -1,6 +1,6 @@
 """Read weight files without executing pickled code, and without allocating more than the file holds.
 
-`.safetensors` through safetensors. Pickled files (`.ckpt/.pth/.pt/.tar`, every torch layout: zip, legacy
+`.safetensors` through safetensors, its header bounded first (`check_safetensors_header`). Pickled files (`.ckpt/.pth/.pt/.tar`, every torch layout: zip, legacy
 non-zip, legacy tar) go through torch's own reader with `caphuman_ext.restricted_pickle` as its pickle module, so
 every pickle torch reads — the data pickle and the legacy format's magic-number, protocol, sys-info and storage
 pickles alike — resolves globals through an allow-list: tensors, plain containers, dtypes; Lightning's trainer
@@ -13,10 +13,12 @@ stay within the allocation budget of its pickle bytes (`pickle_budget`), so a sm
 from __future__ import annotations
 
 import _pickle
+import contextlib
 import struct
 import tarfile
 import types
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +37,8 @@ from .restricted_pickle import (
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 MAX_OBJECTS_CHECKED = 10_000_000  # containers walked when checking every loaded tensor
+# a CapFace/CLIP header is < 1 MB; the library accepts 100 MB, which takes ~ 19 s and 1.9 GB to parse
+MAX_SAFETENSORS_HEADER = 4 << 20
 
 
 class WeightFileError(RuntimeError):
@@ -224,6 +228,38 @@ def load_pickled_bytes(data: bytes, name: str) -> Any:
     return value
 
 
+def check_safetensors_header(path: str | Path) -> None:
+    """Refuse a safetensors header larger than the file holds or than a weight file needs, before the library
+    parses it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        raise WeightFileError(f"{path}: cannot read it ({error})") from error
+    if len(head) < 8:
+        raise WeightFileError(f"{path.name}: {size} bytes, too short for a safetensors file: download it again")
+    length = int.from_bytes(head, "little")
+    if length > size - 8:
+        raise WeightFileError(f"{path.name}: its safetensors header declares {length:,} bytes, more than the "
+                              f"{size:,}-byte file holds; the file may be truncated: download it again")
+    if length > MAX_SAFETENSORS_HEADER:
+        raise WeightFileError(f"{path.name}: a safetensors header of {length:,} bytes, more than the "
+                              f"{MAX_SAFETENSORS_HEADER:,} a weight file needs (CapHuman's and CLIP's are < 1 MB): "
+                              "refusing to parse it")
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | Path) -> Iterator[Any]:
+    """`safetensors.safe_open` (PyTorch, CPU) after `check_safetensors_header`."""
+    from safetensors import safe_open
+
+    check_safetensors_header(path)
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        yield handle
+
+
 def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a weight file as a flat dict, plus safetensors metadata (empty for pickles).
 
@@ -233,12 +269,12 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.is_file():
         raise WeightFileError(f"{path}: file not found")
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
+            with open_safetensors(path) as handle:
                 metadata = dict(handle.metadata() or {})
                 return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+        except WeightFileError:
+            raise
         except Exception as error:  # noqa: BLE001
             raise WeightFileError(f"{path.name}: cannot read it as safetensors ({error}). The file may be "
                                   "truncated: download it again.") from error

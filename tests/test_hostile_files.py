@@ -333,6 +333,22 @@ def _minimal_capface_keys() -> dict[str, torch.Tensor]:
                                         "img_linear.weight")}
 
 
+def test_safetensors_header_is_bounded_before_the_library_parses_it(tmp_path):
+    """A header the library accepts (< 100 MB) but no weight file has, and one larger than the file: refused, by
+    the CapFace and the CLIP readers, before parsing."""
+    from caphuman_ext.safe_load import MAX_SAFETENSORS_HEADER
+    from preprocessors.identity.clip_files import ClipVisionFile, read_clip_vision
+
+    padded = tmp_path / "caphuman_capface.safetensors"
+    save_file(_minimal_capface_keys(), padded, metadata={"pad": " " * MAX_SAFETENSORS_HEADER})
+    truncated = tmp_path / "clip-vit-large-patch14.safetensors"
+    truncated.write_bytes((10**9).to_bytes(8, "little") + b'{"a": 1}')
+    for path, words in ((padded, "header of"), (truncated, "more than the")):
+        for call in (load_capface, load_state_dict, lambda p: read_clip_vision(ClipVisionFile(p, "folder"))):
+            error = refused(call, path, tmp_path / "marker")
+            assert words in str(error), str(error)
+
+
 def test_config_metadata_bomb_is_refused(tmp_path):
     """434 bytes whose metadata asks for a 200000-block network: refused before anything is built."""
     path = tmp_path / "caphuman_capface.safetensors"
