@@ -1,13 +1,14 @@
 """Read weight files without executing pickled code, and without allocating more than the file holds.
 
-`.safetensors` through safetensors, its header bounded first (`check_safetensors_header`). Pickled files (`.ckpt/.pth/.pt/.tar`, every torch layout: zip, legacy
-non-zip, legacy tar) go through torch's own reader with `caphuman_ext.restricted_pickle` as its pickle module, so
-every pickle torch reads — the data pickle and the legacy format's magic-number, protocol, sys-info and storage
-pickles alike — resolves globals through an allow-list: tensors, plain containers, dtypes; Lightning's trainer
-objects become inert placeholders; code-running globals are refused. Before torch reads anything the container is
-checked (zip members stored and within the file, tar members regular and within the file), every storage a
-pickle declares must fit in what is left of the file, and the constructor calls of all the file's pickles together
-stay within the allocation budget of its pickle bytes (`pickle_budget`), so a small file cannot ask for gigabytes.
+`.safetensors` through safetensors, its header bounded first (`check_safetensors_header`). Pickled files
+(`.ckpt/.pth/.pt/.tar`, every torch layout: zip, legacy non-zip, legacy tar) go through torch's own reader with
+`caphuman_ext.restricted_pickle` as its pickle module, so every pickle torch reads — the data pickle and the legacy
+format's magic-number, protocol, sys-info and storage pickles alike — resolves globals through an allow-list:
+tensors, plain containers, dtypes; Lightning's trainer objects become inert placeholders; code-running globals are
+refused. Before torch reads anything the container is checked (zip members stored and within the file, tar members
+regular and within the file), every storage a pickle declares must fit in what is left of the file, and the
+constructor calls of all the file's pickles together stay within the allocation budget of its pickle bytes
+(`pickle_budget`), so a small file cannot ask for gigabytes.
 """
 
 from __future__ import annotations
