@@ -52,8 +52,8 @@ class AllocationBudget:
     def for_pickle(cls, pickle_bytes: int) -> AllocationBudget:
         """The budget of a pickle of `pickle_bytes` bytes (a weight file's, or the data it holds)."""
         pickle_bytes = max(int(pickle_bytes), 0)
-        return cls(BASE_BYTES + BYTES_PER_PICKLE_BYTE * pickle_bytes, BASE_CALLS + pickle_bytes // PICKLE_BYTES_PER_CALL,
-                   pickle_bytes)
+        calls = BASE_CALLS + pickle_bytes // PICKLE_BYTES_PER_CALL
+        return cls(BASE_BYTES + BYTES_PER_PICKLE_BYTE * pickle_bytes, calls, pickle_bytes)
 
     def charge(self, nbytes: int, what: str) -> None:
         """Account for one call about to allocate `nbytes`; raises before anything is allocated."""
