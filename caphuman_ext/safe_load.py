@@ -38,8 +38,11 @@ from .restricted_pickle import (
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 MAX_OBJECTS_CHECKED = 10_000_000  # containers walked when checking every loaded tensor
-# a CapFace/CLIP header is < 1 MB; the library accepts 100 MB, which takes ~ 19 s and 1.9 GB to parse
-MAX_SAFETENSORS_HEADER = 4 << 20
+# A CapFace/CLIP header is < 100 KB beside hundreds of MB of tensors; the library accepts 100 MB of header (~ 36 s
+# and 1.3 GB to parse, ~ 1.6 M entries). Accepted: at most 2 MiB, and 64 KiB plus 1/16 of the file's tensor bytes.
+MAX_SAFETENSORS_HEADER = 2 << 20
+HEADER_BASE_BYTES = 64 << 10
+TENSOR_BYTES_PER_HEADER_BYTE = 16
 
 
 class WeightFileError(RuntimeError):
@@ -245,10 +248,11 @@ def check_safetensors_header(path: str | Path) -> None:
     if length > size - 8:
         raise WeightFileError(f"{path.name}: its safetensors header declares {length:,} bytes, more than the "
                               f"{size:,}-byte file holds; the file may be truncated: download it again")
-    if length > MAX_SAFETENSORS_HEADER:
-        raise WeightFileError(f"{path.name}: a safetensors header of {length:,} bytes, more than the "
-                              f"{MAX_SAFETENSORS_HEADER:,} a weight file needs (CapHuman's and CLIP's are < 1 MB): "
-                              "refusing to parse it")
+    allowed = min(MAX_SAFETENSORS_HEADER, HEADER_BASE_BYTES + (size - 8 - length) // TENSOR_BYTES_PER_HEADER_BYTE)
+    if length > allowed:
+        raise WeightFileError(f"{path.name}: a safetensors header of {length:,} bytes for {size - 8 - length:,} bytes "
+                              f"of tensors, more than the {allowed:,} a weight file of that size needs (CapHuman's "
+                              "and CLIP's are < 100 KB): refusing to parse it")
 
 
 @contextlib.contextmanager

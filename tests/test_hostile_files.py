@@ -339,11 +339,14 @@ def test_safetensors_header_is_bounded_before_the_library_parses_it(tmp_path):
     from caphuman_ext.safe_load import MAX_SAFETENSORS_HEADER
     from preprocessors.identity.clip_files import ClipVisionFile, read_clip_vision
 
-    padded = tmp_path / "caphuman_capface.safetensors"
-    save_file(_minimal_capface_keys(), padded, metadata={"pad": " " * MAX_SAFETENSORS_HEADER})
+    padded = tmp_path / "caphuman_capface.safetensors"  # with enough tensor bytes for any header under the cap
+    tensors = {**_minimal_capface_keys(), "data": torch.zeros(MAX_SAFETENSORS_HEADER * 4)}
+    save_file(tensors, padded, metadata={"pad": " " * MAX_SAFETENSORS_HEADER})
+    many = tmp_path / "clip_vitl.safetensors"  # 20,000 empty tensors: 1 MB of header for nothing
+    save_file({f"t{i}": torch.zeros(0) for i in range(20_000)}, many)
     truncated = tmp_path / "clip-vit-large-patch14.safetensors"
     truncated.write_bytes((10**9).to_bytes(8, "little") + b'{"a": 1}')
-    for path, words in ((padded, "header of"), (truncated, "more than the")):
+    for path, words in ((padded, "header of"), (many, "header of"), (truncated, "more than the")):
         for call in (load_capface, load_state_dict, lambda p: read_clip_vision(ClipVisionFile(p, "folder"))):
             error = refused(call, path, tmp_path / "marker")
             assert words in str(error), str(error)
