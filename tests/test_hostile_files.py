@@ -62,6 +62,7 @@ from tests.hostile_payloads import (
     repeated_embedded_tensors,
     repeated_lists,
     repeated_newobj,
+    repeated_reduce,
     shared_references,
     tensor_from_bytes,
     torch_legacy,
@@ -273,6 +274,14 @@ def test_embedded_torch_files_share_the_budget_of_the_file_they_are_in(tmp_path)
     assert path.stat().st_size < 2 * len(embedded)
     error = refused(load_object_npy, path, tmp_path / "marker")
     assert "may" in str(error) and "MiB" in str(error), str(error)
+
+
+def test_more_calls_than_a_weight_pickle_makes_are_refused(tmp_path):
+    """30,000 calls that allocate nothing (`bool()`, 5 bytes each): more than a pickle of that size makes."""
+    data = repeated_reduce("builtins", "bool", b")", 30_000)
+    for name, call in (("generic_model.pkl", load_pickle), ("caphuman.ckpt", load_state_dict)):
+        error = refused(call, write(tmp_path / name, data), tmp_path / "marker")
+        assert "constructor calls" in str(error), str(error)
 
 
 def test_a_sparse_matrix_is_densified_only_at_the_shape_it_must_have(tmp_path, deca_assets, monkeypatch):  # noqa: F811
