@@ -61,6 +61,9 @@ class PickledDType(Placeholder):
 class _NdarrayType:
     """`numpy.ndarray` as a pickle names it: only an argument of `_reconstruct`, never called."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> _NdarrayType:
+        raise ForbiddenPickleError("refusing to call numpy.ndarray")
+
 
 def _dtype_of(value: Any) -> np.dtype:
     if not isinstance(value, PickledDType):
@@ -139,6 +142,7 @@ def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: str = "C") -> np.nda
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:
+    charge(0, "numpy scalar")
     dtype = _dtype_of(dtype)
     if dtype.hasobject:
         return data
