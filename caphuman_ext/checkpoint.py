@@ -10,6 +10,7 @@ import torch
 
 from .capface import CapFace
 from .config import CapFaceConfig, ConfigError, derive_config
+from .rng_guard import rng_untouched
 from .safe_load import WeightFileError, load_state_dict
 
 CONTROL_PREFIX = "control_model."
@@ -96,6 +97,7 @@ def capface_from_state_dict(state: Mapping[str, torch.Tensor], config: CapFaceCo
     return model.eval().requires_grad_(False)
 
 
+@rng_untouched()
 def load_capface(path: str | Path, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> CapFace:
     """Load CapFace (with its identity projections) from `caphuman.ckpt` or a converted control-only file.

@@ -160,3 +160,69 @@ def deflated_torch_zip(tensor_bytes: int = 8 << 20) -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# --- amplified allocations: a few bytes of pickle per call, each call allowed, all of them together not ------------
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def repeated_reduce(module: str, name: str, arguments: bytes, count: int) -> bytes:
+    """A protocol-2 pickle: the global and its argument tuple (`arguments`: opcodes pushing it) memoised once,
+    then `count` x `BINGET BINGET REDUCE` appended to a list (5 bytes per call)."""
+    head = b"\x80\x02" + _global(module, name) + b"q\x000" + arguments + b"q\x010"
+    return head + b"]q\x02(" + b"h\x00h\x01R" * count + b"e."
+
+
+def repeated_calls(count: int = 3000, size: int = 1 << 20) -> bytes:
+    """3,000 x `bytearray(1 MiB)` in 15 KB."""
+    return repeated_reduce("builtins", "bytearray", b"J" + size.to_bytes(4, "little") + b"\x85", count)
+
+
+def repeated_embedded_tensors(embedded: bytes, count: int) -> bytes:
+    """`count` x `torch.storage._load_from_bytes(<embedded>)` (how numpy pickles hold torch tensors), one copy of
+    the embedded file."""
+    return repeated_reduce("torch.storage", "_load_from_bytes",
+                           b"B" + len(embedded).to_bytes(4, "little") + embedded + b"\x85", count)
+
+
+def repeated_lists(count: int = 200, size: int = 1 << 20) -> bytes:
+    """`bytearray(size)` once, then `count` x `list(<it>)` (each 1M references: 8 MiB) in about 1 KB."""
+    head = (b"\x80\x02" + _global("builtins", "list") + b"q\x000" + _global("builtins", "bytearray") +
+            b"J" + size.to_bytes(4, "little") + b"\x85R\x85q\x010")
+    return head + b"]q\x02(" + b"h\x00h\x01R" * count + b"e."
+
+
+def torch_zip_with_data_pkl(data_pkl: bytes) -> bytes:
+    """torch's zip layout (as `torch.save` writes it) whose `data.pkl` is `data_pkl`."""
+    source = zipfile.ZipFile(io.BytesIO(torch_zip({})))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, data_pkl if info.filename.endswith("data.pkl") else source.read(info))
+    return out.getvalue()
+
+
+def object_npy_with_pickle(pickled: bytes) -> bytes:
+    """An object .npy (landmark_embedding.npy's format) whose pickle is `pickled`."""
+    from numpy.lib import format as npy_format
+
+    buffer = io.BytesIO()
+    npy_format.write_array_header_1_0(buffer, {"descr": "|O", "fortran_order": False, "shape": ()})
+    return buffer.getvalue() + pickled
+
+
+def repeated_newobj(count: int = 200, size: int = 1 << 20) -> bytes:
+    """`bytearray(size)` once, then `count` x NEWOBJ `tuple.__new__(tuple, <it>)` (8 MiB each): the class itself
+    is called, not the constructor the allow-list checks."""
+    head = (b"\x80\x02" + _global("builtins", "tuple") + b"q\x000" + _global("builtins", "bytearray") +
+            b"J" + size.to_bytes(4, "little") + b"\x85R\x85q\x010")
+    return head + b"]q\x02(" + b"h\x00h\x01\x81" * count + b"e."
+
+
+def shared_references(count: int = 10_000, size: int = 100_000) -> bytes:
+    """No call at all: one list of `size` items memoised, then referenced `count` times (BINGET, 2 bytes): a walk
+    that copies every reference copies count x size items."""
+    inner = b"]q\x00(" + b"N" * size + b"e0"
+    return b"\x80\x02" + inner + b"}q\x01X\x01\x00\x00\x00x]q\x02(" + b"h\x00" * count + b"es."

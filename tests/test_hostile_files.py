@@ -17,6 +17,8 @@ import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections import OrderedDict
@@ -54,10 +56,18 @@ from tests.hostile_payloads import (
     legacy_tar,
     legacy_with_payload_in,
     object_npy,
+    object_npy_with_pickle,
     object_npz,
+    repeated_calls,
+    repeated_embedded_tensors,
+    repeated_lists,
+    repeated_newobj,
+    repeated_reduce,
+    shared_references,
     tensor_from_bytes,
     torch_legacy,
     torch_zip,
+    torch_zip_with_data_pkl,
     write,
 )
 
@@ -210,6 +220,86 @@ def test_hostile_constructor_sizes_are_refused(tmp_path, kind):
         refused(load_capface, write(tmp_path / "caphuman.ckpt", legacy_with_payload_in(position, value)), marker)
 
 
+AMPLIFIERS = {"3000 x bytearray(1 MiB)": repeated_calls, "200 x list(<1 MiB>)": repeated_lists,
+              "200 x NEWOBJ tuple(<1 MiB>)": repeated_newobj, "10,000 references to 100,000 items": shared_references}
+AMPLIFIED_FILES = {  # loader in tests/alloc_probe.py, file as the loader looks for it, layout
+    "CapFace .ckpt plain pickle": ("capface", "caphuman.ckpt", lambda p: p),
+    "CapFace .ckpt torch zip data.pkl": ("capface", "caphuman.ckpt", torch_zip_with_data_pkl),
+    "CLIP clip_vitl.pth plain pickle": ("clip", "clip_vision/clip_vitl.pth", lambda p: p),
+    "CLIP clip_vitl.pth torch zip data.pkl": ("clip", "clip_vision/clip_vitl.pth", torch_zip_with_data_pkl),
+    "FLAME generic_model.pkl": ("flame", "generic_model.pkl", lambda p: p),
+    "landmark_embedding.npy": ("landmarks", "landmark_embedding.npy", object_npy_with_pickle),
+}
+AMPLIFIED_LIMIT_MB = 64
+
+
+def _probe(tmp_path: Path, cases: list[dict]) -> list[dict]:
+    """tests/alloc_probe.py in a child process (address space capped at its baseline + 1 GiB)."""
+    spec = write(tmp_path / "cases.json", json.dumps(cases).encode())
+    done = subprocess.run([sys.executable, "-m", "tests.alloc_probe", str(spec)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_amplified_allocations_are_refused_by_every_loader_before_memory_is_taken(tmp_path):
+    """A few bytes per allow-listed call, thousands of calls: every loader refuses it with a message naming the
+    file, within 64 MB above its baseline (measured in a child process; times printed, not asserted)."""
+    cases = []
+    for amplifier, build in AMPLIFIERS.items():
+        for kind, (loader, name, layout) in AMPLIFIED_FILES.items():
+            folder = tmp_path / f"{len(cases)}"
+            path, warm = folder / "hostile" / name, folder / "warm" / name
+            path.parent.mkdir(parents=True)
+            warm.parent.mkdir(parents=True)
+            write(path, layout(build()))
+            write(warm, layout(build(2, 16)))  # the same file with two 16-byte calls: imports and caches warmed
+            cases.append({"loader": loader, "path": str(path), "warm": str(warm), "case": f"{kind}, {amplifier}",
+                          "size": path.stat().st_size})
+    results = _probe(tmp_path, cases)
+    for case, result in zip(cases, results):
+        print(f"{case['case']}: {case['size']:,} bytes -> {result['outcome']} ({result['error']}) in "
+              f"{result['seconds']:.3f} s, peak RSS +{result['peak_rss_delta_mb']} MB")
+    for case, result in zip(cases, results):
+        assert result["outcome"] == "refused" and result["error"] != "MemoryError", (case["case"], result)
+        assert Path(case["path"]).name in result["message"], (case["case"], result["message"])
+        assert result["peak_rss_delta_mb"] < AMPLIFIED_LIMIT_MB, (case["case"], result)
+
+
+def test_embedded_torch_files_share_the_budget_of_the_file_they_are_in(tmp_path):
+    """One 200 KB torch file embedded once in landmark_embedding.npy, loaded 500 times (100 MB of tensors): the
+    loads count together, so the .npy is refused (it was read, 500 tensors)."""
+    embedded = torch_legacy(torch.zeros(50_000))
+    path = write(tmp_path / "landmark_embedding.npy", object_npy_with_pickle(repeated_embedded_tensors(embedded, 500)))
+    assert path.stat().st_size < 2 * len(embedded)
+    error = refused(load_object_npy, path, tmp_path / "marker")
+    assert "may" in str(error) and "MiB" in str(error), str(error)
+
+
+def test_more_calls_than_a_weight_pickle_makes_are_refused(tmp_path):
+    """30,000 calls that allocate nothing (`bool()`, 5 bytes each): more than a pickle of that size makes."""
+    data = repeated_reduce("builtins", "bool", b")", 30_000)
+    for name, call in (("generic_model.pkl", load_pickle), ("caphuman.ckpt", load_state_dict)):
+        error = refused(call, write(tmp_path / name, data), tmp_path / "marker")
+        assert "constructor calls" in str(error), str(error)
+
+
+def test_a_sparse_matrix_is_densified_only_at_the_shape_it_must_have(tmp_path, deca_assets, monkeypatch):  # noqa: F811
+    """A J_regressor of 6000 x 6000 (a few bytes sparse, 288 MB dense) is refused by its declared shape."""
+    from preprocessors.head import safe_pickle
+
+    with open(deca_assets / "generic_model.pkl", "rb") as handle:
+        base = pickle.load(handle)  # our own synthetic file
+    path = _write_flame(tmp_path, {**base, "J_regressor": sp.csc_matrix((6000, 6000), dtype=np.float64)})
+    densified = []
+    real = safe_pickle.SparseMatrix.toarray
+    monkeypatch.setattr(safe_pickle.SparseMatrix, "toarray", lambda self, *a: densified.append(self.shape()) or
+                        real(self, *a))
+    with pytest.raises(HeadFileError, match="generic_model.pkl: 'J_regressor'.*6000"):
+        Flame.from_files(path, deca_assets / "landmark_embedding.npy")
+    assert densified == []
+
+
 def test_storage_larger_than_the_file_is_refused(tmp_path):
     path = write(tmp_path / "caphuman.ckpt", legacy_storage_declaring(10**11))
     error = refused(load_state_dict, path, tmp_path / "marker")
@@ -250,6 +340,25 @@ def test_tensor_expanded_beyond_its_storage_is_refused(tmp_path):
 def _minimal_capface_keys() -> dict[str, torch.Tensor]:
     return {k: torch.zeros(1) for k in ("input_hint_block.0.weight", "mask_predict.0.weight", "id_linear.weight",
                                         "img_linear.weight")}
+
+
+def test_safetensors_header_is_bounded_before_the_library_parses_it(tmp_path):
+    """A header the library accepts (< 100 MB) but no weight file has, and one larger than the file: refused, by
+    the CapFace and the CLIP readers, before parsing."""
+    from caphuman_ext.safe_load import MAX_SAFETENSORS_HEADER
+    from preprocessors.identity.clip_files import ClipVisionFile, read_clip_vision
+
+    padded = tmp_path / "caphuman_capface.safetensors"  # with enough tensor bytes for any header under the cap
+    tensors = {**_minimal_capface_keys(), "data": torch.zeros(MAX_SAFETENSORS_HEADER * 4)}
+    save_file(tensors, padded, metadata={"pad": " " * MAX_SAFETENSORS_HEADER})
+    many = tmp_path / "clip_vitl.safetensors"  # 20,000 empty tensors: 1 MB of header for nothing
+    save_file({f"t{i}": torch.zeros(0) for i in range(20_000)}, many)
+    truncated = tmp_path / "clip-vit-large-patch14.safetensors"
+    truncated.write_bytes((10**9).to_bytes(8, "little") + b'{"a": 1}')
+    for path, words in ((padded, "header of"), (many, "header of"), (truncated, "more than the")):
+        for call in (load_capface, load_state_dict, lambda p: read_clip_vision(ClipVisionFile(p, "folder"))):
+            error = refused(call, path, tmp_path / "marker")
+            assert words in str(error), str(error)
 
 
 def test_config_metadata_bomb_is_refused(tmp_path):

@@ -273,12 +273,21 @@ def test_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     assert weights.verify(path, model).verified is False and len(reads) == 2
 
 
-def test_a_hub_blob_verifies_without_being_read(tmp_path, monkeypatch, clip_model_state):
+def test_a_hub_blob_is_verified_by_its_bytes_not_its_name(tmp_path, monkeypatch, clip_model_state):
+    """A link whose target is named after the published SHA-256 is read: other bytes under that name differ."""
+    monkeypatch.setattr(weights, "HASHES", weights.HashCache(None))
     snapshot = hub_cache(tmp_path, clip_model_state)
-    monkeypatch.setattr(weights, "sha256", lambda p: pytest.fail("read"))
     model = dataclasses.replace(weights.CLIP_VISION, published=(
         weights.Published("https://x", 1, snapshot.resolve().name),))
-    assert weights.verify(snapshot, model).verified is True
+    assert weights.verify(snapshot, model).verified is True  # the blob's bytes do have that hash
+    fake = tmp_path / "fake" / "blobs" / model.sha256
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"not the published file")
+    link = tmp_path / "fake" / "model.safetensors"
+    os.symlink(fake, link)
+    check = weights.verify(link, model)
+    assert check.verified is False and check.sha256 == weights.sha256(fake)
+    assert weights.verify(link, model, compute=False).verified is False  # the hash of its bytes, now known
 
 
 def test_a_file_with_other_bytes_is_used_with_a_clear_warning(tmp_path, caplog):

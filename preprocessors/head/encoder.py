@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from caphuman_ext.rng_guard import rng_untouched
+
 CODE_SIZES = {"shape": 100, "tex": 50, "exp": 50, "pose": 6, "cam": 3, "light": 27}
 
 
@@ -24,6 +26,7 @@ class DecaEncoder(nn.Module):
         self.layers = nn.Sequential(nn.Linear(2048, 1024), nn.ReLU(), nn.Linear(1024, sum(CODE_SIZES.values())))
 
     @classmethod
+    @rng_untouched()
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> DecaEncoder:
         """deca_model.tar read by `caphuman_ext.safe_load` (no pickled code runs, sizes bounded by the file); only
         `E_flame` is used, and it must fit the network exactly."""

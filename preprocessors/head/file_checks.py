@@ -16,10 +16,32 @@ MAX_UVS = 200_000
 MAX_JOINTS = 64
 MAX_BLEND_SHAPES = 1_000
 MAX_LANDMARKS = 10_000
+FLAME_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
+LANDMARK_KEYS = tuple(f"{kind}_lmk_{field}" for kind in ("static", "dynamic", "full")
+                      for field in ("faces_idx", "bary_coords"))
 
 
 class HeadFileError(ValueError):
     """A DECA/FLAME file holds something the head model cannot be; the message names the file and the field."""
+
+
+def check_arrays_dict(file: str, value: object, required: Sequence[str], what: str) -> dict:
+    """`value` if it is a dict holding an array (numpy, torch or sparse) under each `required` key."""
+    if not isinstance(value, dict):
+        raise HeadFileError(f"{file}: expected {what}, found {type(value).__name__} — not loaded")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise HeadFileError(f"{file}: not {what}: missing {missing} — not loaded")
+    for key in required:
+        item = value[key]
+        if not (isinstance(item, np.ndarray) or hasattr(item, "toarray") or type(item).__name__ == "Tensor"):
+            raise HeadFileError(f"{file}: '{key}' is a {type(item).__name__}, expected an array — not loaded")
+    return value
+
+
+def _declared_shape(value: object) -> tuple | None:
+    shape = getattr(value, "shape", None)
+    return shape() if callable(shape) else shape
 
 
 def checked_array(file: str, field: str, value: object, shape: Sequence[int | None], dtype: type = np.float32,
@@ -27,6 +49,10 @@ def checked_array(file: str, field: str, value: object, shape: Sequence[int | No
     """`value` as a finite array of `shape` (None: any size); densifies sparse matrices only within the limit."""
     if hasattr(value, "toarray"):  # a pickled sparse matrix: its shape is checked before it is densified
         try:
+            declared = tuple(_declared_shape(value))
+            if len(declared) != len(shape) or any(w is not None and g != w for g, w in zip(declared, shape)):
+                expected = "x".join("n" if n is None else str(n) for n in shape)
+                raise ValueError(f"sparse matrix of shape {declared}, expected {expected}")
             value = value.toarray(max_elements)
         except TypeError:
             raise HeadFileError(f"{file}: '{field}' is an unsupported sparse matrix") from None

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .file_checks import (
+    FLAME_KEYS,
     MAX_BLEND_SHAPES,
     MAX_FACES,
     MAX_JOINTS,
@@ -19,7 +20,7 @@ from .file_checks import (
     checked_indices,
     within,
 )
-from .safe_pickle import load_object_npy, load_pickle
+from .safe_pickle import load_flame_model, load_landmark_embedding
 
 N_SHAPE, N_EXP = 100, 50
 NECK_JOINT = 1
@@ -29,8 +30,7 @@ def _checked_model(model: dict, n_shape: int, n_exp: int, name: str) -> dict[str
     """FLAME's arrays, each of the shape the others imply (vertex, face and joint counts within limits)."""
     if not isinstance(model, dict):
         raise HeadFileError(f"{name}: expected FLAME's dict of arrays, found {type(model).__name__}")
-    missing = [k for k in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
-               if k not in model]
+    missing = [k for k in FLAME_KEYS if k not in model]
     if missing:
         raise HeadFileError(f"{name}: not a FLAME model, missing {missing}")
     v_template = checked_array(name, "v_template", model["v_template"], (None, 3))
@@ -155,7 +155,7 @@ class Flame(nn.Module):
     @classmethod
     def from_files(cls, model_path: str | Path, landmark_path: str | Path) -> Flame:
         """generic_model.pkl (chumpy pickle, read without chumpy) + landmark_embedding.npy."""
-        return cls(load_pickle(model_path), load_object_npy(landmark_path),
+        return cls(load_flame_model(model_path), load_landmark_embedding(landmark_path),
                    names=(Path(model_path).name, Path(landmark_path).name))
 
     def _contour(self, full_pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

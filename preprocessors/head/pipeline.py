@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from caphuman_ext.rng_guard import rng_untouched
+
 from ..cache import MB, ByteLRU
 from ..identity.image_io import load_image
 from ..photo_key import photo_key
@@ -109,10 +111,11 @@ class HeadPipeline:
 
     def models(self) -> tuple[DecaEncoder, Flame, FlameTexture, HeadRenderer]:
         if self._models is None:
-            self._models = (DecaEncoder.from_file(self.assets.deca_model),
-                            Flame.from_files(self.assets.flame_model, self.assets.landmark_embedding),
-                            FlameTexture.from_file(self.assets.flame_texture),
-                            HeadRenderer(load_obj(self.assets.head_template)))
+            with rng_untouched():
+                self._models = (DecaEncoder.from_file(self.assets.deca_model),
+                                Flame.from_files(self.assets.flame_model, self.assets.landmark_embedding),
+                                FlameTexture.from_file(self.assets.flame_texture),
+                                HeadRenderer(load_obj(self.assets.head_template)))
         for model in self._models:
             model.to(self.device)
         return self._models

@@ -11,12 +11,14 @@ nothing is larger than the file. Chumpy objects become plain numpy arrays, torch
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from caphuman_ext.pickle_budget import HASHED_ITEM_BYTES, AllocationBudget, buffer_bytes, charge
 from caphuman_ext.restricted_pickle import (
     ForbiddenPickleError,
     Placeholder,
@@ -26,10 +28,13 @@ from caphuman_ext.restricted_pickle import (
     rebuild_tensor_v2,
 )
 
+from .file_checks import FLAME_KEYS, LANDMARK_KEYS, check_arrays_dict
+
 MAX_ARRAY_ELEMENTS = 1 << 26  # one array: FLAME's largest (shapedirs) has 5023 x 3 x 400 = 6e6
 MAX_OBJECT_NPY_BYTES = 64 << 20  # landmark_embedding.npy is ~ 100 KB
 
-__all__ = ["ChumpyArray", "ForbiddenPickleError", "load_object_npy", "load_pickle"]
+__all__ = ["ChumpyArray", "ForbiddenPickleError", "load_flame_model", "load_landmark_embedding", "load_object_npy",
+           "load_pickle"]
 
 _DTYPE_NAME = re.compile(r"^[<>|=]?(b1|[iu][1248]|f[248]|f16|c8|c16|c32|O[48]?|[SUV]\d{1,6})$")
 
@@ -55,6 +60,9 @@ class PickledDType(Placeholder):
 
 class _NdarrayType:
     """`numpy.ndarray` as a pickle names it: only an argument of `_reconstruct`, never called."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _NdarrayType:
+        raise ForbiddenPickleError("refusing to call numpy.ndarray")
 
 
 def _dtype_of(value: Any) -> np.dtype:
@@ -91,15 +99,19 @@ def _array_from_data(shape: Any, dtype: np.dtype, data: Any, fortran: bool = Fal
     if dtype.hasobject:
         if not isinstance(data, list) or len(data) != count:
             raise ForbiddenPickleError(f"object array of shape {shape} with {type(data).__name__} data")
+        charge(8 * count, f"a numpy object array of {count:,} items")
         array = np.empty(count, dtype=object)
         for index, item in enumerate(data):
             array[index] = item
         return array.reshape(shape, order=order)
-    raw = _as_bytes(data)
-    if len(raw) != count * dtype.itemsize:
-        raise ForbiddenPickleError(f"array of shape {shape} {dtype} needs {count * dtype.itemsize} bytes, "
-                                   f"the pickle has {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape, order=order).copy()
+    nbytes = count * dtype.itemsize
+    given = len(data) if isinstance(data, (str, bytes, bytearray)) else buffer_bytes(data)
+    if given is None:
+        raise ForbiddenPickleError(f"expected raw array data, found {type(data).__name__}")
+    if given != nbytes:
+        raise ForbiddenPickleError(f"array of shape {shape} {dtype} needs {nbytes} bytes, the pickle has {given}")
+    charge(nbytes if isinstance(data, bytes) else 2 * nbytes, f"a numpy array of {nbytes:,} bytes")
+    return np.frombuffer(_as_bytes(data), dtype=dtype).reshape(shape, order=order).copy()
 
 
 class PickledArray(Placeholder):
@@ -130,6 +142,7 @@ def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: str = "C") -> np.nda
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:
+    charge(0, "numpy scalar")
     dtype = _dtype_of(dtype)
     if dtype.hasobject:
         return data
@@ -144,12 +157,12 @@ class ChumpyArray(Placeholder):
 
     state: Any = None
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self, depth: int = 0, done: dict[int, Any] | None = None) -> np.ndarray:
         state = self.state
         if isinstance(state, dict):
             for key in ("x", "r", "_x"):
                 if key in state:
-                    value = _plain(state[key])
+                    value = _plain(state[key], depth + 1, done)
                     return value if isinstance(value, np.ndarray) else np.asarray(value)
         raise ForbiddenPickleError(f"unsupported chumpy object (state keys: {list(state) if state else state})")
 
@@ -219,6 +232,10 @@ def _flame_globals() -> dict[tuple[str, str], Any]:
 class _FlameUnpickler(RestrictedUnpickler):
     allowed = _flame_globals()
 
+    def __init__(self, file: Any, pickle_bytes: int, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.budget = AllocationBudget.for_pickle(pickle_bytes)
+
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("scipy.sparse") and name in _SPARSE:
             return _SPARSE[name]
@@ -227,29 +244,47 @@ class _FlameUnpickler(RestrictedUnpickler):
         return super().find_class(module, name)
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
-    """Placeholders -> numpy, recursively through containers (sparse matrices stay sparse until checked)."""
+def _plain(value: Any, depth: int = 0, done: dict[int, Any] | None = None) -> Any:
+    """Placeholders -> numpy, recursively through containers (sparse matrices stay sparse until checked). A
+    container the pickle references many times is converted once (`done`: by id); copies charge the load's
+    budget."""
     if depth > 64:
         raise ForbiddenPickleError("containers nested more than 64 deep")
-    if isinstance(value, (PickledArray, ChumpyArray)):
+    done = {} if done is None else done
+    if id(value) in done:
+        return done[id(value)][1]
+    if not isinstance(value, (Placeholder, np.ndarray, dict, list, tuple)):
+        return value
+    original = value
+    if isinstance(value, ChumpyArray):
+        value = value.to_numpy(depth, done)
+    elif isinstance(value, PickledArray):
         value = value.to_numpy()
     if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        charge(8 * value.size, f"a copy of a numpy object array of {value.size:,} items")
         out = np.empty(value.size, dtype=object)
         for index, item in enumerate(value.reshape(-1)):
-            out[index] = _plain(item, depth + 1)
-        return out.reshape(value.shape)
-    if isinstance(value, dict):
-        return {k: _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v, depth + 1) for v in value)
-    if isinstance(value, Placeholder) and not isinstance(value, SparseMatrix):
+            out[index] = _plain(item, depth + 1, done)
+        value = out.reshape(value.shape)
+    elif isinstance(value, dict):
+        charge(HASHED_ITEM_BYTES * len(value), f"a copy of a dict of {len(value):,} items")
+        value = {k: _plain(v, depth + 1, done) for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        charge(8 * len(value), f"a copy of a {type(value).__name__} of {len(value):,} items")
+        value = type(value)(_plain(v, depth + 1, done) for v in value)
+    elif isinstance(value, Placeholder) and not isinstance(value, SparseMatrix):
         raise ForbiddenPickleError(f"unexpected {type(value).__name__} object")
+    done[id(original)] = (original, value)  # the original is kept alive: its id stays its own
     return value
 
 
-def _unpickle(handle: Any, name: str) -> Any:
+def _unpickle(handle: Any, name: str, pickle_bytes: int) -> Any:
+    """The pickle at `handle` (of at most `pickle_bytes`), its constructors and conversions within the budget of
+    that size."""
+    unpickler = _FlameUnpickler(handle, pickle_bytes, encoding="latin1")
     try:
-        return _plain(_FlameUnpickler(handle, encoding="latin1").load())
+        with unpickler.budget.active():
+            return _plain(unpickler.load())
     except ForbiddenPickleError as error:
         raise ForbiddenPickleError(f"{name}: {error} — not loaded (download the file again from its source)") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, RecursionError, MemoryError,
@@ -260,7 +295,7 @@ def _unpickle(handle: Any, name: str) -> Any:
 def load_pickle(path: str | Path) -> Any:
     """Unpickle a FLAME `.pkl` with the restricted unpickler (latin1 for Python 2 pickles)."""
     with open(path, "rb") as handle:
-        return _unpickle(handle, Path(path).name)
+        return _unpickle(handle, Path(path).name, os.fstat(handle.fileno()).st_size)
 
 
 def load_object_npy(path: str | Path) -> Any:
@@ -280,7 +315,18 @@ def load_object_npy(path: str | Path) -> Any:
         except ValueError as error:
             raise ForbiddenPickleError(f"{path.name}: not a .npy file ({error})") from None
         if dtype.hasobject:
-            value = _unpickle(handle, path.name)
+            value = _unpickle(handle, path.name, os.fstat(handle.fileno()).st_size - handle.tell())
             return value[()] if isinstance(value, np.ndarray) and value.shape == () else value
     _checked_shape(shape)
     return np.load(path, allow_pickle=False)
+
+
+def load_flame_model(path: str | Path) -> dict[str, Any]:
+    """FLAME's `generic_model.pkl`: refused unless it is a dict holding FLAME's arrays (checked in detail by
+    `Flame`)."""
+    return check_arrays_dict(Path(path).name, load_pickle(path), FLAME_KEYS, "FLAME's dict of arrays")
+
+
+def load_landmark_embedding(path: str | Path) -> dict[str, Any]:
+    """DECA's `landmark_embedding.npy`: refused unless it is a dict holding the landmark arrays."""
+    return check_arrays_dict(Path(path).name, load_object_npy(path), LANDMARK_KEYS, "DECA's landmark dict")

@@ -169,17 +169,17 @@ def locate_clip_vision(search: ClipSearch, progress: weights.Progress | None = N
 
 def read_clip_vision(file: ClipVisionFile) -> dict[str, torch.Tensor]:
     """Only the vision tower's tensors, keyed `vision_model.*` (a full CLIP file's text tower is never read)."""
-    from caphuman_ext.safe_load import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights
+    from caphuman_ext.safe_load import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights, open_safetensors
 
     path, keep = Path(file.path), file.prefix + VISION_PREFIX
     if file.prefix in CAPHUMAN_PREFIXES:  # CapHuman stores transformers' CLIPVisionModel: `<prefix>vision_model.*`
         keep = file.prefix
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
+            with open_safetensors(path) as handle:
                 state = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(keep)}
+        except WeightFileError:
+            raise
         except Exception as error:  # noqa: BLE001 - named below
             raise WeightFileError(f"{path}: cannot read it as safetensors ({error})") from error
     else:
@@ -196,15 +196,15 @@ def read_clip_vision(file: ClipVisionFile) -> dict[str, torch.Tensor]:
 
 
 def _keys(path: Path) -> list[str]:
-    from caphuman_ext.safe_load import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights
+    from caphuman_ext.safe_load import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights, open_safetensors
 
     path = Path(path)
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
+            with open_safetensors(path) as handle:
                 return list(handle.keys())
+        except WeightFileError:
+            raise
         except Exception as error:  # noqa: BLE001
             raise WeightFileError(f"{path}: cannot read it as safetensors ({error})") from error
     data = load_pickled_weights(path)

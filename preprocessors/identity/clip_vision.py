@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman_ext.rng_guard import rng_untouched
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_SIZE = 224
@@ -44,6 +46,7 @@ def _config_from_state(state: Mapping[str, torch.Tensor]):
                             projection_dim=hidden, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 
 
+@rng_untouched()
 def build_clip_vision(state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
                       dtype: torch.dtype | None = None, num_attention_heads: int | None = None):
     """transformers `CLIPVisionModel` from a state dict keyed `vision_model.*` (transformers 4, as caphuman.ckpt

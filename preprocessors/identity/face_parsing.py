@@ -8,12 +8,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman_ext.rng_guard import rng_untouched
+
 # background, ears, earring, neck, necklace, cloth, hair, hat: painted white in the CLIP input (CapHuman FaceParser)
 FACE_ONLY_EXCLUDED_CLASSES = (0, 7, 8, 9, 14, 15, 16, 17, 18)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@rng_untouched()
 def load_parsing_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """facexlib's `BiSeNet(num_class=19)`, which has exactly the key layout of `79999_iter.pth`; loaded strictly."""
     from facexlib.parsing.bisenet import BiSeNet

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman_ext.rng_guard import rng_untouched
+
 from ..cache import ByteLRU
 from ..photo_key import photo_key
 from .errors import NoFaceError
@@ -30,6 +32,7 @@ class FaceDetection:
         return (x1 - x0) * (y1 - y0)
 
 
+@rng_untouched()
 def load_face_detector(device: torch.device | str = "cpu"):
     """facenet-pytorch MTCNN with the reference's settings; its weights ship inside the facenet-pytorch wheel."""
     from facenet_pytorch import MTCNN
@@ -38,6 +41,7 @@ def load_face_detector(device: torch.device | str = "cpu"):
                  device=device)
 
 
+@rng_untouched()
 def load_facenet(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """InceptionResnetV1 (classify=False) with the vggface2 weights `20180402-114759-vggface2.pt`."""
     from facenet_pytorch import InceptionResnetV1

@@ -182,12 +182,12 @@ class Verification:
 def verify(path: Path, model: ModelFile, compute: bool = True) -> Verification:
     """Compare `path` with the published files of `model`. `compute=False` only uses hashes already known.
 
-    A Hugging Face cache blob is named by its SHA-256: such a file verifies without being read.
+    Known by the SHA-256 of its bytes (a link's: its target's), never by its name: a Hugging Face cache blob is
+    named after its hash, and so can be any file.
     """
     path = Path(path)
     expected = {p.sha256: p for p in model.published}
-    blob = path.resolve().name
-    digest = blob if blob in expected else (HASHES.digest(path) if compute else HASHES.cached(path))
+    digest = HASHES.digest(path) if compute else HASHES.cached(path)
     if digest is None:
         return Verification(path, None, None, f"{path}: not checked yet")
     if digest in expected:
