@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from caphuman_ext.quality.api import parse_request  # noqa: E402
 from caphuman_ext.unit import api  # noqa: E402
-from tests.test_api import make_webui, preview_images  # noqa: E402
+from tests.api_helpers import make_webui, preview_images  # noqa: E402
+from tests.inputs import b64_png  # noqa: E402
 
 
 def fake_score(payload: dict) -> dict:
@@ -27,16 +28,12 @@ def client():
 
 
 def test_score_route_answers(client):
-    from tests.test_unit_logic import b64_png
-
     answer = client.post(api.SCORE_PATH, json={"image": b64_png((40, 30)), "units": [{"reference_images":
                                                                                       [b64_png()]}]})
     assert answer.status_code == 200 and answer.json()["width"] == 40 and len(answer.json()["units"]) == 1
 
 
 def test_score_route_names_the_bad_field(client):
-    from tests.test_unit_logic import b64_png
-
     answer = client.post(api.SCORE_PATH, json={"image": b64_png(), "units": [{"reference_images": [b64_png()],
                                                                                "strength": "abc"}]})
     assert answer.status_code == 422 and "strength" in str(answer.json()["detail"][0]["loc"])

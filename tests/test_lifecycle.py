@@ -20,8 +20,7 @@ from caphuman_ext.hook import UNetHook
 from caphuman_ext.lifecycle.geometry import render_plan
 from tests import webui_sim
 from tests.core_helpers import TINY_CAPFACE, random_capface, tiny_unet
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic, tiny_clip_state  # noqa: F401
+from tests.inputs import tiny_clip_state
 
 
 def _write_capface(path, config=TINY_CAPFACE, seed: int = 3) -> None:

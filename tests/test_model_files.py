@@ -30,7 +30,8 @@ from preprocessors.identity.clip_files import (
     locate_clip_vision,
     read_clip_vision,
 )
-from tests.conftest import run_shared_generator, shared_dir
+from tests.conftest import shared_dir
+from tests.generated_data import run_shared_generator
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -12,11 +12,10 @@ import caphuman_ext
 from caphuman_ext.unit.builder import UnitBuilder
 from caphuman_ext.unit.params import unit_from_dict
 from tests.core_helpers import random_capface, tiny_unet
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic, tiny_clip_state  # noqa: F401
+from tests.inputs import tiny_clip_state
 
 
-def test_unit_builds_a_working_control(tmp_path, synthetic, deca_assets):  # noqa: F811
+def test_unit_builds_a_working_control(tmp_path, synthetic, deca_assets):
     folder = tmp_path / "CapHuman"
     folder.mkdir()
     for source in list(synthetic.iterdir()) + list(deca_assets.iterdir()):
