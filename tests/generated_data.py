@@ -66,3 +66,12 @@ def generated(parity_dir: Path, script: str, session_folder) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
+
+def link_or_copy(source: Path, target: Path) -> Path:
+    """`target` as a hard link to `source` (no bytes written), or a copy where no link can be made (another file
+    system). For the generated model files, which tests only read."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy(source, target)
+    return target
