@@ -1,15 +1,21 @@
-"""Shared pytest fixtures and helpers: where the reference data given to the project lives, the torch thread count,
-and tolerances for comparing with data computed on another machine."""
+"""Shared pytest fixtures and helpers: where the reference data given to the project lives, the synthetic model files
+made from it (once per run), the torch thread count, and tolerances for comparing with data computed on another
+machine.
+
+Fixtures used by more than one test module live here, never in a test module: a fixture imported into a module is
+a separate fixture of that module, so a session fixture imported into ten modules runs ten times."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tests.generated_data import generated
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -32,18 +38,75 @@ def shared_dir() -> Path:
     return Path(os.environ.get("CAPHUMAN_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
-def run_shared_generator(parity_dir: Path, script: str, out: Path) -> Path:
-    """Write synthetic model files in the real formats with one of ../shared/parity's generators."""
-    subprocess.run([sys.executable, str(parity_dir / script), str(out)], check=True, capture_output=True)
-    return out
-
-
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     path = shared_dir() / "parity"
     if not path.is_dir():
         pytest.skip(f"reference data not found at {path}")
     return path
+
+
+# --- synthetic model files (on disk: once per run) and what is read from them (in memory: once per module) ------
+
+@pytest.fixture(scope="session")
+def deca_assets(parity_dir, tmp_path_factory) -> Path:
+    """Synthetic DECA/FLAME assets in the real formats (~780 MB), from make_synthetic_deca.py."""
+    return generated(parity_dir, "make_synthetic_deca.py", lambda: tmp_path_factory.mktemp("deca_assets"))
+
+
+@pytest.fixture(scope="session")
+def synthetic(parity_dir, tmp_path_factory) -> Path:
+    """Synthetic identity models (BiSeNet, FaceNet) and identity.png, from make_synthetic_identity.py."""
+    return generated(parity_dir, "make_synthetic_identity.py", lambda: tmp_path_factory.mktemp("identity_models"))
+
+
+@pytest.fixture(scope="module")
+def head_reference(parity_dir) -> dict[str, torch.Tensor]:
+    return load_file(parity_dir / "head_synthetic_A.safetensors")
+
+
+@pytest.fixture(scope="module")
+def photo(synthetic) -> Image.Image:
+    from preprocessors import identity as ident
+
+    return ident.load_image(synthetic / "identity.png")
+
+
+@pytest.fixture(scope="module")
+def encoder(synthetic):
+    """An identity encoder on the synthetic models and the tiny CLIP tower; its caches start empty in each module."""
+    from preprocessors import identity as ident
+    from tests.inputs import tiny_clip_state
+
+    paths = ident.IdentityModelPaths(clip_vision=tiny_clip_state(), folders=[synthetic], allow_download=False)
+    return ident.IdentityEncoder(paths)
+
+
+QUALITY_MODEL_SUFFIXES = (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar")
+
+
+@pytest.fixture(scope="session")
+def quality_models(tmp_path_factory, synthetic, deca_assets) -> Path:
+    """Links (the texture file is large) to every model file the scorer reads, in one models folder."""
+    folder = tmp_path_factory.mktemp("quality_models")
+    for source in list(synthetic.iterdir()) + list(deca_assets.iterdir()):
+        if source.suffix in QUALITY_MODEL_SUFFIXES:
+            os.symlink(source, folder / source.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer(quality_models):
+    from caphuman_ext.quality import Scorer
+
+    return Scorer([quality_models], allow_download=False)
+
+
+@pytest.fixture(scope="module")
+def astronaut(synthetic) -> Image.Image:
+    from preprocessors import identity as ident
+
+    return ident.load_image(synthetic / "identity.png")  # skimage.data.astronaut(): a real portrait
 
 
 def float32_noise(scale: float, roundings: int = 64) -> float:

@@ -201,7 +201,7 @@ def save_steerable_checkpoint(path: str | Path, unet_config: CapFaceConfig | nn.
 
         unet_config = TINY_UNET
     if clip_vision is None:
-        from tests.test_identity import tiny_clip_state
+        from tests.inputs import tiny_clip_state
 
         clip_vision = tiny_clip_state()
     vision = {k if k.startswith("vision_model.") else f"vision_model.{k}": v for k, v in clip_vision.items()}

@@ -18,11 +18,11 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from caphuman_ext.unit import api, infotext, params  # noqa: E402
 from caphuman_ext.unit.params import UnitParams, UnitValidationError  # noqa: E402
+from tests.api_helpers import install, make_webui, preview_images  # noqa: E402
 
 TXT2IMG, PREVIEW = "/sdapi/v1/txt2img", "/caphuman/v1/preview"
 
@@ -55,34 +55,6 @@ def png_bomb(side: int = 20000) -> bytes:
 
 EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
        b"0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n")
-
-
-def preview_images(unit: UnitParams, width: int, height: int) -> dict:
-    """Stands in for the builder's render: what the script passes as `preview=`."""
-    return {"reference": unit.reference_images[0].resize((width, height))}
-
-
-def make_webui() -> tuple[FastAPI, list]:
-    """A FastAPI app with the two webui routes the guard watches; `received` collects the bodies they got."""
-    app = FastAPI()
-    received: list = []
-
-    @app.post("/sdapi/v1/txt2img")
-    @app.post("/sdapi/v1/img2img")
-    async def generate(request: Request):
-        received.append(await request.body())
-        return {"images": []}
-
-    @app.get("/internal/ping")
-    async def ping():
-        return {"ok": True}
-
-    return app, received
-
-
-def install(app, **limits) -> None:
-    kwargs = {"limits": api.ApiLimits(**limits)} if limits else {}
-    api.install_api(app, folders=lambda: [], preview=preview_images, version="test", **kwargs)
 
 
 @pytest.fixture

@@ -155,13 +155,13 @@ def test_infotext_round_trip(values):
             assert after == before, name
 
 
-# HTTP: the real FastAPI app of test_api, one per module.
+# HTTP: the real FastAPI app of test_api (tests/api_helpers.py), one per module.
 @pytest.fixture(scope="module")
 def client():
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from tests.test_api import install, make_webui
+    from tests.api_helpers import install, make_webui
 
     app, _ = make_webui()
     install(app)

@@ -12,10 +12,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from caphuman_ext.quality.api import parse_request  # noqa: E402
 from caphuman_ext.unit import api  # noqa: E402
-from tests.head_fixtures import deca_assets  # noqa: E402, F401
-from tests.test_api import make_webui, preview_images  # noqa: E402
-from tests.test_identity import synthetic  # noqa: E402, F401
-from tests.test_quality import astronaut, quality_models, scorer  # noqa: E402, F401
+from tests.api_helpers import make_webui, preview_images  # noqa: E402
+from tests.inputs import b64_png  # noqa: E402
 
 
 def fake_score(payload: dict) -> dict:
@@ -33,16 +31,12 @@ def client():
 
 
 def test_score_route_answers(client):
-    from tests.test_unit_logic import b64_png
-
     answer = client.post(api.SCORE_PATH, json={"image": b64_png((40, 30)), "units": [{"reference_images":
                                                                                       [b64_png()]}]})
     assert answer.status_code == 200 and answer.json()["width"] == 40 and len(answer.json()["units"]) == 1
 
 
 def test_score_route_names_the_bad_field(client):
-    from tests.test_unit_logic import b64_png
-
     answer = client.post(api.SCORE_PATH, json={"image": b64_png(), "units": [{"reference_images": [b64_png()],
                                                                                "strength": "abc"}]})
     assert answer.status_code == 422 and "strength" in str(answer.json()["detail"][0]["loc"])
@@ -54,7 +48,7 @@ def test_score_requests_are_bounded_before_any_pixel_is_decoded(client, monkeypa
     from PIL import Image, ImageFile
 
     from tests.test_api import b64, png_bomb
-    from tests.test_unit_logic import b64_png
+
 
     loads = []
     real = ImageFile.ImageFile.load
@@ -79,7 +73,7 @@ def test_score_requests_are_bounded_before_any_pixel_is_decoded(client, monkeypa
 def test_a_second_score_of_one_client_gets_429_at_once():
     import threading
 
-    from tests.test_unit_logic import b64_png
+
 
     entered, release = threading.Event(), threading.Event()
 

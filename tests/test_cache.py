@@ -12,8 +12,6 @@ from PIL import Image
 from preprocessors.cache import ByteLRU, nbytes
 from preprocessors.head.assets import HeadAssets
 from preprocessors.head.pipeline import HeadPipeline
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic  # noqa: F401
 
 
 def tensor(n_bytes: int) -> torch.Tensor:
@@ -70,11 +68,11 @@ def test_bad_bounds_refused():
 
 
 @pytest.fixture(scope="module")
-def head_inputs(deca_assets):  # noqa: F811
+def head_inputs(deca_assets):
     return Image.open(deca_assets / "identity.png"), np.loadtxt(deca_assets / "identity.txt")
 
 
-def test_hint_cache_is_keyed_by_content_and_bounded_by_bytes(deca_assets, head_inputs):  # noqa: F811
+def test_hint_cache_is_keyed_by_content_and_bounded_by_bytes(deca_assets, head_inputs):
     photo, landmarks = head_inputs
     pipeline = HeadPipeline(HeadAssets.find([deca_assets]), deca_size=256, hint_cache_bytes=64 * 64 * 40 * 3)
     small = pipeline.render(photo, None, width=64, height=64, identity_landmarks=landmarks)
@@ -90,9 +88,9 @@ def test_hint_cache_is_keyed_by_content_and_bounded_by_bytes(deca_assets, head_i
     assert pipeline.render(photo, None, width=64, height=64, identity_landmarks=landmarks) is not small
 
 
-def test_identity_cache_is_bounded_by_bytes(synthetic):  # noqa: F811
+def test_identity_cache_is_bounded_by_bytes(synthetic):
     from preprocessors import identity as ident
-    from tests.test_identity import tiny_clip_state
+    from tests.inputs import tiny_clip_state
 
     photo = ident.load_image(synthetic / "identity.png")
     paths = ident.IdentityModelPaths(clip_vision=tiny_clip_state(), folders=[synthetic], allow_download=False)

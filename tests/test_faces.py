@@ -19,17 +19,15 @@ from preprocessors.head.detect import NoHeadFoundError
 from preprocessors.head.pipeline import HeadPipeline
 from preprocessors.identity.face_parsing import FACE_ONLY_EXCLUDED_CLASSES, face_window
 from preprocessors.identity.facenet import find_faces
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import encoder, photo, synthetic  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def pipeline(deca_assets):  # noqa: F811
+def pipeline(deca_assets):
     return HeadPipeline(HeadAssets.find([deca_assets]), deca_size=256)
 
 
 @pytest.fixture(scope="module")
-def two_people(photo):  # noqa: F811
+def two_people(photo):
     """The portrait at full size on the left, at 300 px on the right: face 0 (largest) left, face 1 right."""
     canvas = Image.new("RGB", (900, 512), (255, 255, 255))
     canvas.paste(photo, (0, 0))
@@ -66,7 +64,7 @@ def test_the_two_faces_are_found_largest_first(two_people):
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_face_index_is_one_face_in_every_stage(encoder, pipeline, synthetic, two_people, index):  # noqa: F811
+def test_face_index_is_one_face_in_every_stage(encoder, pipeline, synthetic, two_people, index):
     face = find_faces(two_people)[index]
     identity = encoder.encode(two_people, face_index=index)
     codes = pipeline.photo_codes(two_people, face_index=index)
@@ -92,7 +90,7 @@ def test_face_index_is_one_face_in_every_stage(encoder, pipeline, synthetic, two
     np.testing.assert_allclose(crop_centre_in_photo(codes), centre(face.box) + [0, 0.12 * size], atol=2.0)
 
 
-def test_the_two_faces_give_two_identities(encoder, pipeline, two_people):  # noqa: F811
+def test_the_two_faces_give_two_identities(encoder, pipeline, two_people):
     first, second = (encoder.encode(two_people, face_index=i) for i in (0, 1))
     assert not torch.allclose(first.face_embedding, second.face_embedding, atol=1e-3)
     assert not torch.allclose(first.clip_tokens, second.clip_tokens, atol=1e-3)
@@ -114,7 +112,7 @@ def test_head_is_drawn_where_the_chosen_face_is(pipeline, two_people, index):
     assert hint.info["identity_face_box"] == (x0, y0, x1, y1)
 
 
-def test_single_face_photo_keeps_the_reference_path(encoder, photo):  # noqa: F811
+def test_single_face_photo_keeps_the_reference_path(encoder, photo):
     identity = encoder.encode(photo)
     assert identity.face_only.size == photo.size and len(identity.faces) == 1
 
@@ -134,7 +132,7 @@ def exif_rotated(image: Image.Image, orientation: int = 6) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue()))
 
 
-def test_exif_orientation_is_applied_in_the_head_stage(pipeline, photo):  # noqa: F811
+def test_exif_orientation_is_applied_in_the_head_stage(pipeline, photo):
     rotated = exif_rotated(photo)
     assert rotated.size == (photo.height, photo.width) and np.array_equal(
         np.asarray(ident.load_image(rotated)), np.asarray(photo))
@@ -149,7 +147,7 @@ def test_exif_orientation_is_applied_in_the_head_stage(pipeline, photo):  # noqa
             assert torch.equal(hint.hint, upright_hint) and torch.equal(codes.codes["tform"], upright_tform)
 
 
-def test_no_face_fits_the_whole_photo_only_when_allowed(pipeline, noise, photo):  # noqa: F811
+def test_no_face_fits_the_whole_photo_only_when_allowed(pipeline, noise, photo):
     assert find_faces(noise) == ()
     with pytest.raises(NoHeadFoundError, match="no face was found"):
         pipeline.render(noise, None, width=96, height=96)
@@ -165,7 +163,7 @@ def test_no_face_fits_the_whole_photo_only_when_allowed(pipeline, noise, photo):
     assert torch.isfinite(posed.hint).all() and posed.maps.alpha.sum() > 50
 
 
-def test_unit_passes_face_index_and_whole_photo_to_the_head(deca_assets, two_people, noise):  # noqa: F811
+def test_unit_passes_face_index_and_whole_photo_to_the_head(deca_assets, two_people, noise):
     builder = UnitBuilder([deca_assets], allow_download=False)
     cpu = torch.device("cpu")
     second = unit_from_dict({"enabled": True, "reference_images": [two_people], "face_index": 1})

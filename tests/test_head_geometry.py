@@ -19,11 +19,10 @@ from preprocessors.head.encoder import DecaEncoder
 from preprocessors.head.flame import Flame, rodrigues
 from preprocessors.head.safe_pickle import ForbiddenPickleError, load_object_npy, load_pickle
 from preprocessors.head.texture import FlameTexture
-from tests.head_fixtures import deca_assets, head_reference  # noqa: F401
 
 
 @pytest.mark.parametrize("who", ["identity", "pose"])
-def test_crop_matches_reference(deca_assets, head_reference, who):  # noqa: F811
+def test_crop_matches_reference(deca_assets, head_reference, who):
     photo = resize_photo(np.asarray(Image.open(deca_assets / f"{who}.png")), 256)
     crop = crop_face(photo, box_from_landmarks(np.loadtxt(deca_assets / f"{who}.txt")))
     for key in ("image", "tform", "original_image"):
@@ -31,7 +30,7 @@ def test_crop_matches_reference(deca_assets, head_reference, who):  # noqa: F811
 
 
 @pytest.mark.parametrize("who", ["identity", "pose"])
-def test_encoder_matches_reference(deca_assets, head_reference, who):  # noqa: F811
+def test_encoder_matches_reference(deca_assets, head_reference, who):
     encoder = DecaEncoder.from_file(deca_assets / "deca_model.tar")
     with torch.no_grad():
         codes = encoder.encode(head_reference[f"crop.{who}.image"][None])
@@ -39,7 +38,7 @@ def test_encoder_matches_reference(deca_assets, head_reference, who):  # noqa: F
         torch.testing.assert_close(codes[key], head_reference[f"encode.{who}.{key}"], atol=1e-5, rtol=1e-5)
 
 
-def test_flame_and_texture_match_reference(deca_assets, head_reference):  # noqa: F811
+def test_flame_and_texture_match_reference(deca_assets, head_reference):
     flame = Flame.from_files(deca_assets / "generic_model.pkl", deca_assets / "landmark_embedding.npy")
     ref = {k: head_reference[f"encode.identity.{k}"] for k in ("shape", "exp", "pose", "tex")}
     verts, lmk2d, lmk3d = flame(ref["shape"], ref["exp"], ref["pose"])
@@ -94,7 +93,7 @@ def test_pickled_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_landmark_embedding_with_torch_tensors_loads(deca_assets):  # noqa: F811
+def test_landmark_embedding_with_torch_tensors_loads(deca_assets):
     data = load_object_npy(deca_assets / "landmark_embedding.npy")
     assert isinstance(data["dynamic_lmk_faces_idx"], torch.Tensor) and data["dynamic_lmk_faces_idx"].shape == (79, 17)
     assert isinstance(data["static_lmk_faces_idx"], np.ndarray)

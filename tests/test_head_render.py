@@ -19,7 +19,6 @@ from preprocessors.head.rasterizer import interpolate, rasterize
 from preprocessors.head.renderer import HeadRenderer
 from preprocessors.head.texture import FlameTexture
 from tests.conftest import assert_pixels_close
-from tests.head_fixtures import deca_assets, head_reference  # noqa: F401
 
 
 def pixel_centre(index: int, size: int) -> float:
@@ -85,7 +84,7 @@ def test_interpolation_of_vertex_attributes():
     torch.testing.assert_close(values, expected, atol=1e-5, rtol=0)
 
 
-def test_hint_matches_reference(deca_assets, head_reference):  # noqa: F811
+def test_hint_matches_reference(deca_assets, head_reference):
     flame = Flame.from_files(deca_assets / "generic_model.pkl", deca_assets / "landmark_embedding.npy")
     texture = FlameTexture.from_file(deca_assets / "FLAME_texture.npz")
     renderer = HeadRenderer(load_obj(deca_assets / "head_template.obj"))
@@ -120,16 +119,16 @@ def test_square_to_canvas_follows_resize_modes():
 
 
 @pytest.fixture(scope="module")
-def pipeline(deca_assets):  # noqa: F811
+def pipeline(deca_assets):
     return HeadPipeline(HeadAssets.find([deca_assets]), deca_size=256)
 
 
-def photos(deca_assets):  # noqa: F811
+def photos(deca_assets):
     return (Image.open(deca_assets / "identity.png"), Image.open(deca_assets / "pose.png"),
             np.loadtxt(deca_assets / "identity.txt"), np.loadtxt(deca_assets / "pose.txt"))
 
 
-def test_pipeline_any_size_and_hires_rerender_without_reencoding(pipeline, deca_assets):  # noqa: F811
+def test_pipeline_any_size_and_hires_rerender_without_reencoding(pipeline, deca_assets):
     identity, pose, lm_id, lm_pose = photos(deca_assets)
     small = pipeline.render(identity, pose, width=384, height=256, identity_landmarks=lm_id, pose_landmarks=lm_pose)
     assert small.hint.shape == (1, 9, 256, 384) and small.maps.alpha.sum() > 100
@@ -146,7 +145,7 @@ def test_pipeline_any_size_and_hires_rerender_without_reencoding(pipeline, deca_
     np.testing.assert_allclose(large.landmarks / 2, small.landmarks, atol=0.5)
 
 
-def test_pipeline_manual_head_and_preview(pipeline, deca_assets):  # noqa: F811
+def test_pipeline_manual_head_and_preview(pipeline, deca_assets):
     identity, pose, lm_id, _ = photos(deca_assets)
     left = pipeline.render(identity, None, width=256, height=256, identity_landmarks=lm_id,
                            manual=ManualHead(center_x=0.3, scale=0.4))

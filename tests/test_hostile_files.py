@@ -45,7 +45,6 @@ from preprocessors.head.rasterizer import MeshTooComplexError, pair_budget, rast
 from preprocessors.head.safe_pickle import load_object_npy, load_pickle
 from preprocessors.head.texture import FlameTexture
 from tests.core_helpers import random_capface
-from tests.head_fixtures import deca_assets, head_reference  # noqa: F401
 from tests.hostile_payloads import (
     PAYLOADS,
     PROTOCOLS,
@@ -391,7 +390,7 @@ def _write_flame(tmp_path: Path, model: dict) -> Path:
     return write(tmp_path / "generic_model.pkl", pickle.dumps(model, protocol=2))
 
 
-def test_flame_arrays_are_checked(tmp_path, deca_assets):  # noqa: F811
+def test_flame_arrays_are_checked(tmp_path, deca_assets):
     landmarks = deca_assets / "landmark_embedding.npy"
     with open(deca_assets / "generic_model.pkl", "rb") as handle:
         base = pickle.load(handle)  # our own synthetic file: plain numpy and scipy objects to edit
@@ -529,7 +528,7 @@ def test_rasterizer_refuses_non_finite_vertices():
             rasterize(broken, faces, 8, 8)
 
 
-def test_head_mesh_fits_the_budget_and_scrambled_faces_do_not(deca_assets, head_reference):  # noqa: F811
+def test_head_mesh_fits_the_budget_and_scrambled_faces_do_not(deca_assets, head_reference):
     """The head needs a few pairs per pixel; its faces joined at random (the hostile OBJ) are refused at once."""
     verts = head_reference["flame.verts"][0]
     centre = (verts.max(0).values + verts.min(0).values) / 2

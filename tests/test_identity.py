@@ -12,38 +12,13 @@ from safetensors.torch import load_file
 
 from preprocessors import identity as ident
 from preprocessors.identity import weights
-from tests.conftest import assert_within_float32_noise, float32_noise, run_shared_generator
-
-
-@pytest.fixture(scope="session")
-def synthetic(parity_dir, tmp_path_factory):
-    return run_shared_generator(parity_dir, "make_synthetic_identity.py", tmp_path_factory.mktemp("identity_models"))
+from tests.conftest import assert_within_float32_noise, float32_noise
+from tests.inputs import tiny_clip_state
 
 
 @pytest.fixture(scope="session")
 def reference(parity_dir):
     return load_file(parity_dir / "identity_astronaut_A.safetensors")
-
-
-@pytest.fixture(scope="session")
-def photo(synthetic):
-    return ident.load_image(synthetic / "identity.png")
-
-
-def tiny_clip_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A small random CLIPVisionModel (224 px, patch 14: 257 tokens), as a state dict."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(seed)
-    config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
-                              image_size=224, patch_size=14, hidden_act="quick_gelu")
-    return CLIPVisionModel(config).state_dict()
-
-
-@pytest.fixture(scope="session")
-def encoder(synthetic):
-    paths = ident.IdentityModelPaths(clip_vision=tiny_clip_state(), folders=[synthetic], allow_download=False)
-    return ident.IdentityEncoder(paths)
 
 
 def test_face_parsing_matches_reference(synthetic, photo, reference):

@@ -6,7 +6,6 @@ synthetic model files. Outputs are final latents, compared as tensors.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from types import SimpleNamespace
 
@@ -20,9 +19,9 @@ from caphuman_ext.hook import UNetHook
 from caphuman_ext.lifecycle.geometry import render_plan
 from tests import webui_sim
 from tests.core_helpers import TINY_CAPFACE, random_capface, tiny_unet
-from tests.head_fixtures import deca_assets  # noqa: F401
+from tests.generated_data import link_or_copy
+from tests.inputs import tiny_clip_state
 from tests.steerable import hint_coverage, save_steerable_checkpoint
-from tests.test_identity import synthetic, tiny_clip_state  # noqa: F401
 
 
 def _write_capface(path, config=TINY_CAPFACE, seed: int = 3) -> None:
@@ -41,7 +40,7 @@ def webui(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
     folder.mkdir()
     for source in list(synthetic.iterdir()) + list(deca_assets.iterdir()):
         if source.suffix in (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar"):
-            shutil.copy(source, folder / source.name)
+            link_or_copy(source, folder / source.name)
     _write_capface(folder / "caphuman_tiny.safetensors")
     save_steerable_checkpoint(folder / STEERABLE)
     saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}

@@ -30,7 +30,7 @@ from preprocessors.identity.clip_files import (
     locate_clip_vision,
     read_clip_vision,
 )
-from tests.conftest import run_shared_generator, shared_dir
+from tests.generated_data import link_or_copy
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -220,13 +220,13 @@ def test_download_with_other_bytes_is_not_kept(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["sd-webui-controlnet", "Hugging Face cache"])
-def test_identity_from_a_checkpoint_without_clip(tmp_path, clip_model_state, layout):
+def test_identity_from_a_checkpoint_without_clip(tmp_path, clip_model_state, synthetic, layout):
     """Acceptance: a caphuman.ckpt without CLIP keys, plus either sd-webui-controlnet's clip_vitl.pth or only a
     Hugging Face cache -> identity tokens computed with that file's vision tower."""
-    parity = shared_dir() / "parity"
-    if not parity.is_dir():
-        pytest.skip("reference data not found")
-    models = run_shared_generator(parity, "make_synthetic_identity.py", tmp_path / "CapHuman")
+    models = tmp_path / "CapHuman"
+    models.mkdir()
+    for source in synthetic.iterdir():  # the run's synthetic identity models, linked (they are only read)
+        link_or_copy(source, models / source.name)
     ckpt = models / "caphuman.ckpt"
     torch.save({"state_dict": capface_state()}, ckpt)
     annotators, caches = [], []

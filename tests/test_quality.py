@@ -15,7 +15,6 @@ import base64
 import io
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -34,31 +33,9 @@ from caphuman_ext.quality.target import target_codes
 from caphuman_ext.unit.params import UnitValidationError, unit_from_dict
 from preprocessors import identity as ident
 from preprocessors.head.codes import euler_to_axis_angle
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic, tiny_clip_state  # noqa: F401
+from tests.inputs import tiny_clip_state
 
-MODEL_SUFFIXES = (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar")
 ALL_MODES = ["position", "pose", "expression", "lighting"]
-
-
-@pytest.fixture(scope="session")
-def quality_models(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
-    """Links (the texture file is large) to every model file the scorer reads, in one models folder."""
-    folder = tmp_path_factory.mktemp("quality_models")
-    for source in list(synthetic.iterdir()) + list(deca_assets.iterdir()):
-        if source.suffix in MODEL_SUFFIXES:
-            os.symlink(source, folder / source.name)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def scorer(quality_models) -> Scorer:
-    return Scorer([quality_models], allow_download=False)
-
-
-@pytest.fixture(scope="session")
-def astronaut(synthetic) -> Image.Image:  # noqa: F811
-    return ident.load_image(synthetic / "identity.png")  # skimage.data.astronaut(): a real portrait
 
 
 @pytest.fixture(scope="session")
@@ -297,7 +274,7 @@ def test_no_face_is_reported_and_the_overlay_still_shows_the_target(scorer, astr
     assert result.overlay.getpixel((2, 2)) == (90, 120, 150)
 
 
-def test_reference_embedding_is_the_identity_encoders(scorer, synthetic, astronaut):  # noqa: F811
+def test_reference_embedding_is_the_identity_encoders(scorer, synthetic, astronaut):
     paths = ident.IdentityModelPaths(clip_vision=tiny_clip_state(), folders=[synthetic], allow_download=False)
     encoded = ident.IdentityEncoder(paths).encode([astronaut, astronaut.transpose(Image.FLIP_LEFT_RIGHT)])
     unit = unit_from_dict({"enabled": True,

@@ -16,13 +16,10 @@ from caphuman_ext.quality.__main__ import main
 from caphuman_ext.quality.api import score_request
 from caphuman_ext.quality.runner import RunConfig, run
 from caphuman_ext.unit.params import UnitValidationError
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic  # noqa: F401
-from tests.test_quality import astronaut, quality_models, scorer  # noqa: F401
 
 
 class FakeWebui(ThreadingHTTPServer):
-    def __init__(self, scorer) -> None:  # noqa: F811
+    def __init__(self, scorer) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.scorer = scorer
         self.txt2img: list[dict] = []
@@ -64,7 +61,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webui(scorer):  # noqa: F811
+def webui(scorer):
     server = FakeWebui(scorer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -74,7 +71,7 @@ def webui(scorer):  # noqa: F811
 
 
 @pytest.fixture
-def inputs(tmp_path, astronaut):  # noqa: F811
+def inputs(tmp_path, astronaut):
     identities, poses = tmp_path / "identities", tmp_path / "poses"
     identities.mkdir()
     poses.mkdir()

@@ -24,8 +24,7 @@ from preprocessors.head.assets import HeadAssets
 from preprocessors.head.pipeline import HeadPipeline
 from preprocessors.identity import IdentityEncoder, IdentityModelPaths
 from tests.core_helpers import random_capface
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic, tiny_clip_state  # noqa: F401
+from tests.inputs import tiny_clip_state
 
 CAPHUMAN_FILE = "caphuman_tiny.safetensors"
 MODEL_SUFFIXES = (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar")

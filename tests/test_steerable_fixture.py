@@ -16,7 +16,6 @@ from caphuman_ext.control import hard_mask
 from preprocessors.head.assets import HeadAssets
 from preprocessors.head.pipeline import HeadPipeline, ManualHead
 from tests.core_helpers import random_capface, tiny_unet
-from tests.head_fixtures import deca_assets  # noqa: F401
 from tests.steerable import capface_config_for, hint_coverage, save_steerable_checkpoint, sphere_hint, steerable_capface
 
 PIXELS = 128  # hint size; the latent is 16x16
@@ -25,7 +24,7 @@ HEAD_SCALE = 0.6
 
 
 @pytest.fixture(scope="module")
-def render(deca_assets):  # noqa: F811
+def render(deca_assets):
     pipeline = HeadPipeline(HeadAssets.find([deca_assets]), deca_size=256)
     photo, landmarks = Image.open(deca_assets / "identity.png"), np.loadtxt(deca_assets / "identity.txt")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -13,16 +11,16 @@ from caphuman_ext.control import CapFaceControl
 from caphuman_ext.unit.builder import UnitBuilder
 from caphuman_ext.unit.params import unit_from_dict
 from tests.core_helpers import random_capface, tiny_unet
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic, tiny_clip_state  # noqa: F401
+from tests.generated_data import link_or_copy
+from tests.inputs import tiny_clip_state
 
 
-def test_unit_builds_a_working_control(tmp_path, synthetic, deca_assets):  # noqa: F811
+def test_unit_builds_a_working_control(tmp_path, synthetic, deca_assets):
     folder = tmp_path / "CapHuman"
     folder.mkdir()
     for source in list(synthetic.iterdir()) + list(deca_assets.iterdir()):
         if source.suffix in (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar"):
-            shutil.copy(source, folder / source.name)
+            link_or_copy(source, folder / source.name)
     capface = random_capface(seed=3)
     capface.img_linear = torch.nn.Linear(64, 64)  # the tiny test CLIP tower has 64 channels
     capface.config = capface.config.__class__(**{**capface.config.to_dict(), "clip_token_dim": 64})

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import pytest
 from PIL import Image
 
@@ -13,12 +10,7 @@ from caphuman_ext.rows import RowPlan, cfg_rows
 from caphuman_ext.unit.infotext import from_infotext, infotext_key, to_infotext
 from caphuman_ext.unit.models import list_capface_models
 from caphuman_ext.unit.params import FIELD_ORDER, UnitParams, UnitValidationError, unit_from_dict, units_from_args
-
-
-def b64_png(size=(32, 32)) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 120, 90)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+from tests.inputs import b64_png
 
 
 def test_api_unit_with_base64_images():
