@@ -70,6 +70,8 @@ class Step:
                                            overlap=overlap) if units else None
         self.engine = self.hook.engine if self.hook is not None else None
         self.capturing = False
+        self.host_ms: list[float] = []
+        self.control_ms: list[float] = []
 
     def __call__(self):
         if self.reference:  # recompute everything per step, on every row
@@ -104,6 +106,8 @@ class ForgeStep:
         self.cond = torch.randn(batch, 77, 768, device="cuda", generator=g)
         self.uncond = torch.randn(batch, 77, 768, device="cuda", generator=g)
         self.capturing = False
+        self.host_ms: list[float] = []
+        self.control_ms: list[float] = []  # host time inside the chain's `get_control`
         self.generation = self.engine = None
         self._modes: list = []
         if not units:
@@ -125,6 +129,17 @@ class ForgeStep:
             forge.HOST.attach(generation, self.model)
         self.model.pre_run()
         self.generation, self.engine = generation, generation.engine
+        link = self.model.forge_objects.unet.controlnet_linked_list
+        get_control = link.get_control
+
+        def timed_get_control(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return get_control(*args, **kwargs)
+            finally:
+                self.control_ms.append((time.perf_counter() - start) * 1e3)
+
+        link.get_control = timed_get_control
 
     def __call__(self):
         if self.generation is not None:  # what `job.on_step` does each step
@@ -149,6 +164,7 @@ def eager_ms(step: Step) -> float:
     start = time.perf_counter()
     with step:
         step()
+    step.host_ms.append((time.perf_counter() - start) * 1e3)  # until the step returned: launch (host) time
     torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1e3
 
@@ -231,6 +247,11 @@ def bench(size: int, batch: int, iters: int, unet, capfaces, variants=VARIANTS) 
         for _ in range(iters):
             for step in steps:
                 eager[step.name].append(eager_ms(step))
+        host = {}  # host (launch) time of the timed eager calls, and inside Forge's get_control
+        for step in steps:
+            host[step.name] = {"host_ms": statistics.median(step.host_ms[-iters:])}
+            if step.control_ms:
+                host[step.name]["get_control_host_ms"] = statistics.median(step.control_ms[-iters:])
         graphs = {s.name: capture(s) for s in steps}
         gpu = {s.name: [] for s in steps}
         for _ in range(iters):
@@ -242,6 +263,8 @@ def bench(size: int, batch: int, iters: int, unet, capfaces, variants=VARIANTS) 
     for name in eager:
         row[name] = {"eager_ms": statistics.median(eager[name]), "gpu_ms": statistics.median(gpu[name]),
                      "kernels": kernels[name]}
+    for step in steps:
+        row[step.name].update(host[step.name])
     for step in steps:
         base = "forge-bare" if step.name.startswith("forge") else "bare"
         if step.name != base and base in row:
