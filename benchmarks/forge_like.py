@@ -16,7 +16,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from ldm.modules.diffusionmodules import openaimodel
+import torch.nn.functional as F
+from ldm.modules.diffusionmodules import openaimodel, util
 
 COND, UNCOND = 0, 1
 
@@ -106,6 +107,24 @@ def unet_forward(unet, x: torch.Tensor, timesteps: torch.Tensor, context: torch.
     return h
 
 
+def forge_group_norms(unet) -> None:
+    """Give the UNet's `GroupNorm32` layers Forge's `ops.GroupNorm` behaviour outside autocast (weights cast to the
+    input's dtype: fp16 normalisation) — ldm's own upcasts the input to float32, which fp16 weights refuse without
+    autocast. Under autocast (the A1111 path, same UNet object) they behave as before."""
+    for module in unet.modules():
+        if isinstance(module, util.GroupNorm32) and not getattr(module, "_forge_ops", False):
+            original = module.forward
+
+            def forward(x, module=module, original=original):
+                if torch.is_autocast_enabled(x.device.type):
+                    return original(x)
+                return F.group_norm(x, module.num_groups, module.weight.to(x.dtype), module.bias.to(x.dtype),
+                                    module.eps)
+
+            module.forward = forward
+            module._forge_ops = True
+
+
 class BaseModel:
     """`model_base.BaseModel`: `apply_model` scales the input, casts to the UNet's dtype, runs the UNet in float32
     out, and returns the denoised latent."""
@@ -173,6 +192,7 @@ class ForgeModel:
     """`p.sd_model` of Forge: `forge_objects` reset from the pristine UnetPatcher before every generation."""
 
     def __init__(self, unet, device: torch.device) -> None:
+        forge_group_norms(unet)
         self.pristine = UnetPatcher(BaseModel(unet, device), device)
         self.forge_objects = SimpleNamespace(unet=self.pristine)
 
