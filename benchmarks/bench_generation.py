@@ -263,6 +263,9 @@ class Scene:
         self.latent_hw = (size // 8, size // 8)
         self.model = CompVisDenoiser(unet, device)
         self.forge_model = ForgeModel(unet, device)  # `p.sd_model` of Forge (its UnetPatcher, BaseModel, sampling)
+        # Forge's kept graphs: a webui process is one host or the other; graphs captured under Forge's inference
+        # mode hold inference tensors that A1111's sampling (outside inference mode) may not copy into
+        self.forge_graphs = GraphCache(max_graphs=4)
         g = torch.Generator(device=device).manual_seed(0)
         self.cond = torch.randn(batch, 77, 768, device=device, generator=g)
         self.uncond = torch.randn(batch, 77, 768, device=device, generator=g)
@@ -387,7 +390,7 @@ def forge_generation(scene: Scene, variant: str, sampler: str, steps: int, seed:
     gen = None
     if variant != "forge-plain":
         units = scene.prepared(2 if variant == "forge-two" else 1)
-        gen = Generation(units, scene.render)
+        gen = Generation(units, scene.render, graphs=scene.forge_graphs)
         gen.prepare_pass(full_frame(scene.latent_hw), scene.latent_hw, adopt=host.adopt)
         host.attach(gen, model)  # process_before_every_sampling
     model.pre_run()  # sampling_prepare
@@ -477,6 +480,7 @@ def bench_config(scene: Scene, variants: list[str], sampler: str, reps: int) -> 
     result = {"cold_first_ms": {}, "ms": {}}
     for variant in variants:
         release_shared_graphs()
+        scene.forge_graphs.clear()
         result["cold_first_ms"][variant] = timed_generation(scene, variant, sampler, seed=99)
     for variant in variants:  # warm-up round (not timed)
         timed_generation(scene, variant, sampler, seed=98)
@@ -492,8 +496,9 @@ def bench_config(scene: Scene, variants: list[str], sampler: str, reps: int) -> 
         if base in samples:
             result["overhead"][v] = summary([a / b - 1 for a, b in zip(values, samples[base], strict=True)])
     if any(v.startswith("forge-") and v != "forge-plain" for v in variants):
-        result["forge_graphs"] = {"kept": len(shared_graphs().calls), "captures": shared_graphs().captures,
-                                  "disabled": shared_graphs().disabled_reason}
+        graphs = scene.forge_graphs
+        result["forge_graphs"] = {"kept": len(graphs.calls), "captures": graphs.captures,
+                                  "disabled": graphs.disabled_reason}
     return result
 
 
@@ -514,6 +519,7 @@ def check_equal(scene: Scene, sampler: str) -> dict:
     """The shipped path (graphs kept across generations) gives what graphs per generation give, bit for bit, and
     a second generation (replaying the kept graph, another identity copied in) what the first gave."""
     release_shared_graphs()
+    scene.forge_graphs.clear()
     a = generation(scene, "one", sampler, seed=5)
     b = generation(scene, "one", sampler, seed=5)
     c = generation(scene, "one-before", sampler, seed=5)
