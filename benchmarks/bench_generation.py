@@ -12,8 +12,19 @@ k-diffusion's samplers, written out below; the VAE decode is left out: it is the
     progress thread when the browser polls, not in this loop: not modelled), `state.sampling_step` updates;
   * after sampling `devices.test_for_nans(samples, "unet")` (reads one element: the generation's final sync).
 CapHuman variants run the real `caphuman_ext.lifecycle.Generation` API per generation, as the A1111 adapter does:
-`prepare` (identity context from the warm identity cache: two linears), `Generation(...)`, `attach` (hint rendered
-by the warm head cache: the concatenation of its maps), `step` per step, `detach` when sampling ends, `close`.
+`prepare` (identity context from the warm identity cache: two linears), `Generation(...)`, `prepare_pass` (hint
+rendered by the warm head cache: the concatenation of its maps), a `UNetHook` on the generation's engine installed
+(`A1111Host.attach`), `step(progress, RowPlan.cfg(...))` per step, the hook detached and `end_sampling` when sampling
+ends, `close`.
+
+Forge variants run the same k-diffusion loop through Forge Classic's denoiser instead (benchmarks/forge_like.py):
+`forge_objects` reset from the pristine UnetPatcher, per step the `cfg_denoiser` callback then `forge_sample` ->
+`sampling_function` -> `calc_cond_uncond_batch` (cond and uncond chunks in ONE UNet call, `get_control` through the
+control chain, Forge's UNet forward adding `control`, manual cast to fp16, no autocast), CFG, the preview stored; all
+under `torch.inference_mode()` as Forge processes. CapHuman is attached by the real Forge adapter: `Generation`,
+`prepare_pass` with `ForgeHost.adopt`, `ForgeHost.attach` (a clone of the UnetPatcher with our link and block
+modifier), per step `ForgeHost.attached` + `Generation.step(progress, None)` (what `job.on_step` does), at the end
+`end_sampling` and `close`.
 
 Variants (interleaved: A B C ... A B C ..., medians and quartiles):
   plain        no unit
@@ -25,6 +36,10 @@ Variants (interleaved: A B C ... A B C ..., medians and quartiles):
                pass (how two units ran before they were stacked)
   reference    one unit the reference way: every CFG row, identity projections and hint encoder every step, no
                graphs, no side stream
+  forge-plain  Forge's sampling path, no unit (the baseline of the Forge variants)
+  forge-one    one unit through Forge's control chain, as shipped
+  forge-two    two units through Forge's control chain, as shipped
+Overheads: per round, each A1111 variant against `plain`, each Forge variant against `forge-plain`.
 
     python benchmarks/bench_generation.py [--sizes 512,768] [--batches 1,4] [--dtypes fp16,bf16]
         [--samplers dpmpp_2m_karras,euler_a] [--reps 7] [--json out.json]
@@ -46,12 +61,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.forge_like import ForgeModel, sampling_function  # noqa: E402
 from benchmarks.webui_like import patch_ldm_like_webui, sd15_capface, sd15_unet  # noqa: E402
+from caphuman_ext.engine import ResidualEngine  # noqa: E402
 from caphuman_ext.graphs import GraphCache, release_shared_graphs, shared_graphs  # noqa: E402
 from caphuman_ext.hook import UNetHook  # noqa: E402
+from caphuman_ext.hosts import forge  # noqa: E402
 from caphuman_ext.lifecycle.generation import Generation, PreparedUnit  # noqa: E402
 from caphuman_ext.lifecycle.geometry import full_frame  # noqa: E402
-from caphuman_ext.rows import RowPlan, cfg_rows  # noqa: E402
+from caphuman_ext.rows import RowPlan  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 CFG_SCALE = 7.0
@@ -191,6 +209,30 @@ class CFGDenoiser:
         self.state.sampling_step = i
 
 
+class ForgeCFGDenoiser:
+    """Forge Classic's CFGDenoiser.forward for one prompt per image: the `cfg_denoiser` callback, then
+    `forge_sample` (-> `sampling_function`: cond and uncond in one batch, CFG), the preview stored."""
+
+    def __init__(self, model: ForgeModel, cond: torch.Tensor, uncond: torch.Tensor, steps: int,
+                 on_cfg: Callable[[int, torch.Tensor], None] | None) -> None:
+        self.model, self.cond, self.uncond, self.steps, self.on_cfg = model, cond, uncond, steps, on_cfg
+        self.state = WebuiState()
+        self.step = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, i: int) -> torch.Tensor:
+        if self.state.interrupted:
+            raise RuntimeError("interrupted")
+        if self.on_cfg is not None:  # cfg_denoiser_callback
+            self.on_cfg(self.step, x)
+        denoised = sampling_function(self.model.forge_objects.unet, x, sigma, self.uncond, self.cond, CFG_SCALE)
+        self.state.current_latent = denoised  # store_latent
+        self.step += 1
+        return denoised.to(device=x.device, dtype=x.dtype)
+
+    def callback_state(self, i: int) -> None:
+        self.state.sampling_step = i
+
+
 def test_for_nans(x: torch.Tensor) -> None:
     """devices.test_for_nans(samples, "unet"): one element read (a host sync)."""
     if torch.isnan(x[(0,) * x.dim()]):
@@ -203,12 +245,7 @@ class ReferenceGeneration(Generation):
     def __init__(self, units, render, inputs) -> None:
         super().__init__(units, render)
         self.inputs = inputs  # per unit: (hint, clip tokens, face embedding)
-
-    def follow(self, unet) -> None:
-        if self.hook is None or self.hook.unet is not unet:
-            self.hook = UNetHook(unet, self.controls, cuda_graphs=False, overlap=False).install()
-        elif not self.hook.installed:
-            self.hook.install()
+        self.engine = ResidualEngine([], cuda_graphs=False, overlap=False)
 
     def step(self, progress, plan) -> None:
         super().step(progress, None)
@@ -225,6 +262,10 @@ class Scene:
             device
         self.latent_hw = (size // 8, size // 8)
         self.model = CompVisDenoiser(unet, device)
+        self.forge_model = ForgeModel(unet, device)  # `p.sd_model` of Forge (its UnetPatcher, BaseModel, sampling)
+        # Forge's kept graphs: a webui process is one host or the other; graphs captured under Forge's inference
+        # mode hold inference tensors that A1111's sampling (outside inference mode) may not copy into
+        self.forge_graphs = GraphCache(max_graphs=4)
         g = torch.Generator(device=device).manual_seed(0)
         self.cond = torch.randn(batch, 77, 768, device=device, generator=g)
         self.uncond = torch.randn(batch, 77, 768, device=device, generator=g)
@@ -263,6 +304,9 @@ class Scene:
 def generation(scene: Scene, variant: str, sampler: str, steps: int = 20, seed: int = 0,
                marks: dict | None = None) -> torch.Tensor:
     """One whole generation; `marks`, when given, gets synchronised timestamps of its phases (profiling only)."""
+    if variant.startswith("forge"):
+        with torch.inference_mode():  # Forge's process_images
+            return forge_generation(scene, variant, sampler, steps, seed, marks)
     device = scene.device
 
     def mark(name: str) -> None:
@@ -271,7 +315,7 @@ def generation(scene: Scene, variant: str, sampler: str, steps: int = 20, seed: 
             marks[name] = time.perf_counter()
 
     mark("start")
-    gen = None
+    gen = hook = None
     if variant != "plain":
         count = 2 if variant.startswith("two") else 1
         units = scene.prepared(count, separate=variant == "two-separate")
@@ -281,22 +325,40 @@ def generation(scene: Scene, variant: str, sampler: str, steps: int = 20, seed: 
             gen = ReferenceGeneration(units, scene.render, inputs)
         else:
             gen = Generation(units, scene.render, graphs=LegacyGraphCache() if variant.endswith("before") else None)
-        gen.attach(scene.unet, full_frame(scene.latent_hw), scene.latent_hw)  # process_before_every_sampling
+        gen.prepare_pass(full_frame(scene.latent_hw), scene.latent_hw)  # process_before_every_sampling
+        hook = UNetHook(scene.unet, gen.engine).install()  # A1111Host.attach
     mark("attached")
     batch = scene.batch
 
-    def on_cfg(step: int, x_in: torch.Tensor) -> None:  # the adapter's on_cfg_denoiser
+    def on_cfg(step: int, x_in: torch.Tensor) -> None:  # the adapter's on_cfg_denoiser (job.on_step)
         if gen is not None:
-            gen.follow(scene.unet)
-            gen.step(step / steps, RowPlan(cfg_rows([1] * batch, batch), step))
+            if not hook.installed:  # A1111Host.attached / attach
+                hook.install()
+            gen.step(step / steps, RowPlan.cfg([1] * batch, batch, step=step))
 
     denoiser = CFGDenoiser(scene.model, scene.cond, scene.uncond, steps, on_cfg)
+    with torch.no_grad(), torch.autocast("cuda", dtype=scene.dtype):
+        samples = sample(scene, denoiser, sampler, steps, seed, mark)
+    mark("sampled")
+    if gen is not None:
+        hook.detach()  # p.sample ends: A1111Host.detach
+        gen.end_sampling()
+    test_for_nans(samples)
+    if gen is not None:
+        gen.close()  # postprocess
+    mark("end")
+    return samples
+
+
+def sample(scene: Scene, denoiser, sampler: str, steps: int, seed: int, mark: Callable[[str], None]) -> torch.Tensor:
+    """k-diffusion's loop over `denoiser` (A1111's or Forge's CFG denoiser)."""
+    device = scene.device
     g = torch.Generator(device=device).manual_seed(seed)
     if sampler == "dpmpp_2m_karras":
         sigmas = karras_sigmas(steps, 0.0292, 14.6146, device)
     else:
         sigmas = default_sigmas(scene.model, steps)
-    x = torch.randn(batch, 4, *scene.latent_hw, device=device, generator=g) * sigmas[0]
+    x = torch.randn(scene.batch, 4, *scene.latent_hw, device=device, generator=g) * sigmas[0]
     first = {"n": 0}
 
     def model(x, sigma, i):
@@ -306,17 +368,49 @@ def generation(scene: Scene, variant: str, sampler: str, steps: int = 20, seed: 
         first["n"] += 1
         return out
 
-    with torch.no_grad(), torch.autocast("cuda", dtype=scene.dtype):
-        if sampler == "dpmpp_2m_karras":
-            samples = sample_dpmpp_2m(model, x, sigmas, denoiser.callback_state)
-        else:
-            samples = sample_euler_ancestral(model, x, sigmas, denoiser.callback_state, g)
+    if sampler == "dpmpp_2m_karras":
+        return sample_dpmpp_2m(model, x, sigmas, denoiser.callback_state)
+    return sample_euler_ancestral(model, x, sigmas, denoiser.callback_state, g)
+
+
+def forge_generation(scene: Scene, variant: str, sampler: str, steps: int, seed: int,
+                     marks: dict | None) -> torch.Tensor:
+    """One generation through Forge's sampling path (inside `torch.inference_mode()`, no autocast)."""
+    device = scene.device
+
+    def mark(name: str) -> None:
+        if marks is not None:
+            torch.cuda.synchronize(device)
+            marks[name] = time.perf_counter()
+
+    mark("start")
+    model = scene.forge_model
+    model.reset()  # Forge resets forge_objects from pristine copies before every pass
+    host = forge.HOST
+    gen = None
+    if variant != "forge-plain":
+        units = scene.prepared(2 if variant == "forge-two" else 1)
+        gen = Generation(units, scene.render, graphs=scene.forge_graphs)
+        gen.prepare_pass(full_frame(scene.latent_hw), scene.latent_hw, adopt=host.adopt)
+        host.attach(gen, model)  # process_before_every_sampling
+    model.pre_run()  # sampling_prepare
+    mark("attached")
+
+    def on_cfg(step: int, x: torch.Tensor) -> None:  # job.on_step
+        if gen is not None:
+            host.attached(gen, model)
+            gen.step(step / steps, host.step_rows(None))
+
+    denoiser = ForgeCFGDenoiser(model, scene.cond, scene.uncond, steps, on_cfg)
+    samples = sample(scene, denoiser, sampler, steps, seed, mark)
     mark("sampled")
     if gen is not None:
-        gen.detach()  # p.sample ends
+        host.detach(gen)  # p.sample ends
+        gen.end_sampling()
     test_for_nans(samples)
     if gen is not None:
         gen.close()  # postprocess
+        host.detach(gen, final=True)
     mark("end")
     return samples
 
@@ -386,6 +480,7 @@ def bench_config(scene: Scene, variants: list[str], sampler: str, reps: int) -> 
     result = {"cold_first_ms": {}, "ms": {}}
     for variant in variants:
         release_shared_graphs()
+        scene.forge_graphs.clear()
         result["cold_first_ms"][variant] = timed_generation(scene, variant, sampler, seed=99)
     for variant in variants:  # warm-up round (not timed)
         timed_generation(scene, variant, sampler, seed=98)
@@ -395,10 +490,15 @@ def bench_config(scene: Scene, variants: list[str], sampler: str, reps: int) -> 
         for variant in order:
             samples[variant].append(timed_generation(scene, variant, sampler, seed=rep))
     result["ms"] = {variant: summary(values) for variant, values in samples.items()}
-    if "plain" in samples:  # per round, against that round's plain generation (cancels the machine's drift)
-        plain = samples["plain"]
-        result["overhead"] = {v: summary([a / b - 1 for a, b in zip(values, plain, strict=True)])
-                              for v, values in samples.items()}
+    result["overhead"] = {}
+    for v, values in samples.items():  # per round, against that round's plain generation of the same host
+        base = "forge-plain" if v.startswith("forge") else "plain"
+        if base in samples:
+            result["overhead"][v] = summary([a / b - 1 for a, b in zip(values, samples[base], strict=True)])
+    if any(v.startswith("forge-") and v != "forge-plain" for v in variants):
+        graphs = scene.forge_graphs
+        result["forge_graphs"] = {"kept": len(graphs.calls), "captures": graphs.captures,
+                                  "disabled": graphs.disabled_reason}
     return result
 
 
@@ -419,10 +519,15 @@ def check_equal(scene: Scene, sampler: str) -> dict:
     """The shipped path (graphs kept across generations) gives what graphs per generation give, bit for bit, and
     a second generation (replaying the kept graph, another identity copied in) what the first gave."""
     release_shared_graphs()
+    scene.forge_graphs.clear()
     a = generation(scene, "one", sampler, seed=5)
     b = generation(scene, "one", sampler, seed=5)
     c = generation(scene, "one-before", sampler, seed=5)
+    forge_a = generation(scene, "forge-one", sampler, seed=5)
+    forge_b = generation(scene, "forge-one", sampler, seed=5)
     return {"repeat_max_abs": float((a - b).abs().max()), "vs_before_max_abs": float((a - c).abs().max()),
+            "forge_repeat_max_abs": float((forge_a - forge_b).abs().max()),
+            "forge_vs_a1111_max_abs": float((forge_a - a).abs().max()),
             "captures_shared": shared_graphs().captures}
 
 
@@ -452,14 +557,15 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--dtypes", default="fp16,bf16")
     parser.add_argument("--samplers", default="dpmpp_2m_karras,euler_a")
-    parser.add_argument("--variants", default="plain,one,one-before,two,two-before,reference")
-    parser.add_argument("--quick-variants", default="plain,one,two",
+    parser.add_argument("--variants", default="plain,one,one-before,two,two-before,reference,forge-plain,forge-one")
+    parser.add_argument("--quick-variants", default="plain,one,two,forge-plain,forge-one",
                         help="variants for configs other than the first dtype and sampler")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--quick-reps", type=int, default=5)
     parser.add_argument("--phases", action="store_true", help="also profile the phases of one generation")
     parser.add_argument("--configs", help="only these size x batch pairs, e.g. 512x1,768x1")
     parser.add_argument("--graph-memory", action="store_true", help="only measure what kept graphs hold")
+    parser.add_argument("--no-check", action="store_true", help="skip the bit-equality check at 512x1")
     parser.add_argument("--json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -492,7 +598,7 @@ def main() -> None:
                     row.update(bench_config(scene, variants, sampler, args.reps if full else args.quick_reps))
                     if args.phases and full:
                         row["phases"] = {v: phases(scene, v, sampler) for v in ("plain", "one", "one-before")}
-                    if full and size == 512 and batch == 1:
+                    if full and size == 512 and batch == 1 and not args.no_check:
                         row["check"] = check_equal(scene, sampler)
                     out["results"].append(row)
                     print(json.dumps(row), flush=True)

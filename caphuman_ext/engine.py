@@ -14,6 +14,7 @@ engine:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,15 @@ def compute_dtype(unet_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.float16
     return torch.float32
+
+
+def half_autocast(dtype: torch.dtype, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast in CapFace's half dtype around its pass when the host samples without autocast (Forge casts its UNet
+    manually): CapFace's ldm blocks normalise in float32 (`GroupNorm32`), which half weights refuse outside autocast
+    ("mixed dtype"). Under autocast (A1111) nothing changes: the same kernels as the A1111 path."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled("cuda"):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
 
 
 def _index(values: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -176,7 +186,7 @@ class ResidualEngine:
                 total = [r.index_select(0, inverse) for r in total]
             return total
 
-        with torch.no_grad():
+        with torch.no_grad(), half_autocast(dtype, x.device):
             if self.graphs is not None:
                 for control in active:  # per-hint work stays outside the graph; the graph copies it in
                     inputs += control.prepare(x)

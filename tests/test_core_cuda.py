@@ -142,3 +142,25 @@ def test_forge_path_makes_no_host_sync():
         for step, sigma in enumerate(sigmas[1:], start=1):
             job.on_step(denoiser_params(p, step, 3), host)
             calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
+
+
+def test_half_capface_runs_without_autocast_as_forge_samples():
+    """Forge samples without autocast (its UNet is cast manually): a half-precision CapFace's pass runs there too
+    (ldm's GroupNorm32 normalises in float32, which half weights refuse outside autocast) and gives exactly what it
+    gives under the webui's autocast."""
+    from caphuman_ext.engine import ResidualEngine
+
+    _, capface, x, _, hint, clip, face = setup()
+    with torch.no_grad():
+        context = capface.identity_context(clip, face)
+    capface = capface.half()
+    control = caphuman_ext.CapFaceControl(capface, hint=hint, context=context, strength=0.9)
+    timesteps = torch.full((2,), 500.0, device="cuda")
+    results = []
+    for autocast in (False, True):
+        engine = ResidualEngine([control], cuda_graphs=False, overlap=False)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+            results.append(engine.compute(x, timesteps, torch.float16).residuals)
+    for without, under in zip(*results, strict=True):
+        assert without.dtype == torch.float16 and torch.isfinite(without).all()
+        assert torch.equal(without, under)
