@@ -195,8 +195,9 @@ class ResidualEngine:
             def replay_or_run() -> list[torch.Tensor]:
                 if self.graphs is None:
                     return run(x, timesteps)
+                # inference mode too: a graph captured in it (Forge samples so) holds inference tensors
                 key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
-                       None if reps is None else tuple(sources),
+                       torch.is_inference_mode_enabled(), None if reps is None else tuple(sources),
                        tuple(control.graph_key(self._weights_of(control.capface)) for control in active),
                        tuple((tuple(t.shape), t.dtype) for t in inputs))
                 return self.graphs.run(key, run, x, timesteps, inputs)
