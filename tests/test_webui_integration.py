@@ -11,7 +11,7 @@ The host is CAPHUMAN_WEBUI_HOST (a1111, neo, classic), else read from `/sdapi/v1
 model type from the tensors, so a Forge host runs on full-size random SD1.5 checkpoints (make_rand_sd15.py:
 `rand-sd15`, `rand-sd15-b`, `rand-sd15-inpainting`; CAPHUMAN_WEBUI_CHECKPOINT overrides the first) with an
 SD1.5-width steerable CapFace. Neo's payloads differ where Neo does: hires needs `hr_additional_modules`, there is
-no "Latent" upscaler, sizes are multiples of 64.
+no "Latent" and no "Lanczos" upscaler (only "None", a plain resize, and ESRGAN), sizes are multiples of 64.
 
 Every CapHuman case checks the two things a user relies on: CapHuman changed the picture (with the steerable CapFace,
 inside the rendered head region more than outside), and the plain generation right after is bit-identical to the plain
@@ -60,7 +60,9 @@ CHECKPOINT = os.environ.get("CAPHUMAN_WEBUI_CHECKPOINT") or ("rand-sd15" if FORG
 CHECKPOINT_B = "rand-sd15-b" if FORGE else "tiny-sd15-b"  # same shapes, other weights: refiner / hires checkpoint
 INPAINTING = "rand-sd15-inpainting" if FORGE else "tiny-sd15-inpainting"
 REAL_WIDTH = CHECKPOINT if FORGE else "mid-sd15"  # a checkpoint with SD1.5's widths
-LATENT = "Lanczos" if HOST == "neo" else "Latent"  # Neo has no "Latent" upscaler
+# Neo v3.5 lists only the upscalers "None" (a plain Lanczos resize) and ESRGAN: no latent modes, no "Lanczos"
+LATENT = "None" if HOST == "neo" else "Latent"
+LANCZOS = "None" if HOST == "neo" else "Lanczos"
 HIRES_EXTRA = {"hr_additional_modules": ["Use same choices"]} if HOST == "neo" else {}  # else Neo's hires is a 500
 
 
@@ -208,7 +210,7 @@ TXT2IMG = {
     "batch_count_2": {"n_iter": 2},
     "hires_latent_x1.5": hires(hr_scale=1.5),
     "hires_x1.3": hires(hr_scale=1.3),
-    "hires_lanczos_x1.5": hires(hr_scale=1.5, hr_upscaler="Lanczos"),
+    "hires_lanczos_x1.5": hires(hr_scale=1.5, hr_upscaler=LANCZOS),
     "hires_resize_to_192x128": hires(hr_resize_x=192, hr_resize_y=128),
     "hires_batch_count_2": hires(hr_scale=1.5, n_iter=2),
     "width_132": {"width": size(132)},

@@ -12,8 +12,10 @@ neo)
   # requirements without torch, setuptools and audioop-lts (a Python >= 3.13 backport): with the full file the
   # launcher reinstalls requirements on Python < 3.13 and pip replaces torch
   export REQS_FILE=requirements_local.txt
+  # no --port: Neo's /sdapi/v1/cmd-flags types every flag whose default is None as a string, so an int --port makes
+  # that route a 500 (ResponseValidationError on 'port'); gradio's default port is 7860
   exec "${FORGE_VENV:-$HOME/.venvs/neo}/bin/python" launch.py --skip-python-version-check --skip-torch-cuda-test \
-    --cpu --api --skip-install --skip-version-check --port 7860 \
+    --cpu --api --skip-install --skip-version-check \
     --ckpt-dirs models/Stable-diffusion "$@"
   ;;
 classic)

@@ -102,6 +102,9 @@ def _on_cfg_denoised(params) -> None:
 
 script_callbacks.on_cfg_denoiser(_on_cfg_denoiser)
 script_callbacks.on_cfg_denoised(_on_cfg_denoised)
+# Forge Neo and Classic never call the cfg_denoised callbacks; after_cfg comes later in the same step on every host
+# (on A1111 the cfg_denoised record has taken the denoiser by then, so the step is recorded once)
+script_callbacks.on_cfg_after_cfg(_on_cfg_denoised)
 
 
 def _fixed_image():
