@@ -57,7 +57,7 @@ def webui(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
     sys.modules.update(saved)
 
 
-STEERABLE = "caphuman_steerable.safetensors"
+STEERABLE = "caphuman_zsteerable.safetensors"  # sorts after caphuman_tiny: the default model stays the random one
 
 
 def unit(webui, **fields) -> dict:
@@ -176,7 +176,7 @@ def test_and_prompts_with_different_counts_group_rows_by_image(webui, monkeypatc
     rows = count_capface_rows(monkeypatch)
     shared, _ = generate(webui, [unit(webui)], prompt=prompts, batch_size=2)
     assert rows and set(rows) == {2}  # one CapFace row per image
-    monkeypatch.setattr(webui.module.a1111, "step_rows", lambda params: None)
+    monkeypatch.setattr(webui.module.host, "step_rows", lambda params: None)
     every_row, _ = generate(webui, [unit(webui)], prompt=prompts, batch_size=2)
     for a, b in zip(shared, every_row, strict=True):
         assert (a - b).abs().max() < 1e-4

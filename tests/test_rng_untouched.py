@@ -51,6 +51,14 @@ def _unit(models):
                            "yaw": 20})
 
 
+def _build_unit(models):
+    """What the webui does for a unit: its models, identity context and hint, from cold."""
+    builder = UnitBuilder([models], allow_download=False)
+    unit = _unit(models)
+    builder.prepare(unit, torch.device("cpu"))
+    return builder.hint(unit, 64, 64, torch.device("cpu"))
+
+
 BUILDS = {
     "CapFace": lambda models: load_capface(models / CAPHUMAN_FILE),
     "identity models (CLIP, BiSeNet, MTCNN, FaceNet)": lambda models: IdentityEncoder(IdentityModelPaths(
@@ -58,8 +66,7 @@ BUILDS = {
     "head models (DECA encoder, FLAME, texture, renderer)": lambda models: HeadPipeline(
         HeadAssets.find([models])).models(),
     "scorer models": lambda models: Scorer([models], allow_download=False).identity_models(),
-    "a unit, cold (every model, identity and hint)": lambda models: UnitBuilder(
-        [models], allow_download=False).build(_unit(models), 64, 64, torch.device("cpu")),
+    "a unit, cold (every model, identity and hint)": lambda models: _build_unit(models),
 }
 
 
@@ -95,6 +102,6 @@ def test_noise_drawn_after_a_cold_build_is_the_noise_drawn_without_it(models):
     torch.manual_seed(1234)
     expected = torch.randn(2, 4, 8, 8)
     torch.manual_seed(1234)
-    UnitBuilder([models], allow_download=False).build(_unit(models), 64, 64, torch.device("cpu"))
+    _build_unit(models)
     Scorer([models], allow_download=False).score(Image.open(models.parent / "identity.png"), [_unit(models)])
     assert torch.equal(torch.randn(2, 4, 8, 8), expected)
