@@ -11,6 +11,7 @@ EXTENSION_ROOT = Path(__file__).resolve().parents[1]
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
+from caphuman_ext import external_code  # noqa: E402
 from caphuman_ext.hosts import a1111, forge  # noqa: E402
 from caphuman_ext.lifecycle import job  # noqa: E402
 from caphuman_ext.model_files import download, model_status  # noqa: E402
@@ -135,6 +136,14 @@ def _after_use() -> None:
         devices.torch_gc()
 
 
+def _render(unit, width: int, height: int):
+    """The unit's head hint on a width×height canvas."""
+    return builder().hint(unit, width, height, devices.device)
+
+
+external_code.register_renderer(_render)
+
+
 def on_cfg_denoiser(params) -> None:
     job.on_step(params, host)
 
@@ -251,8 +260,7 @@ class Script(scripts.Script):
     def process(self, p, *args):
         device = devices.device
         job.start(p, args, host, prepare=lambda unit, position: builder().prepare(unit, device, position),
-                  render=lambda unit, width, height: builder().hint(unit, width, height, device),
-                  offload=_offload(), describe=_infotext)
+                  render=_render, offload=_offload(), describe=_infotext)
         if job.generation_of(p) is not None:
             _after_use()
 
