@@ -11,7 +11,8 @@ EXTENSION_ROOT = Path(__file__).resolve().parents[1]
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 
-from caphuman_ext.hosts import a1111, forge  # noqa: E402
+from caphuman_ext import external_code  # noqa: E402
+from caphuman_ext.hosts import a1111, forge, refine_pass  # noqa: E402
 from caphuman_ext.lifecycle import job  # noqa: E402
 from caphuman_ext.model_files import download, model_status  # noqa: E402
 from caphuman_ext.model_files_panel import build_model_files_panel  # noqa: E402
@@ -19,7 +20,7 @@ from caphuman_ext.unit.api import install_api  # noqa: E402
 from caphuman_ext.unit.builder import UnitBuilder  # noqa: E402
 from caphuman_ext.unit.infotext import infotext_key, to_infotext  # noqa: E402
 from caphuman_ext.unit.models import list_capface_models, model_folders  # noqa: E402
-from caphuman_ext.unit.params import FIELD_ORDER, PASSES, check_passes, unit_from_dict  # noqa: E402
+from caphuman_ext.unit.params import DETAIL_PASSES, FIELD_ORDER, PASSES, check_passes, unit_from_dict  # noqa: E402
 from caphuman_ext.unit.paste import PastedUnit, pasted_unit  # noqa: E402
 from caphuman_ext.unit.photo_store import PhotoStore  # noqa: E402
 from preprocessors.head.codes import MODES  # noqa: E402
@@ -135,6 +136,14 @@ def _after_use() -> None:
         devices.torch_gc()
 
 
+def _render(unit, width: int, height: int):
+    """The unit's head hint on a width×height canvas."""
+    return builder().hint(unit, width, height, devices.device)
+
+
+external_code.register_renderer(_render)
+
+
 def on_cfg_denoiser(params) -> None:
     job.on_step(params, host)
 
@@ -193,6 +202,16 @@ class Script(scripts.Script):
             resize_mode = gr.Radio(label="Resize mode", choices=list(RESIZE_MODES), value="Crop and Resize")
             passes = gr.Radio(label="Act in (hires fix)", choices=list(PASSES), value="both",
                               elem_id=f"caphuman_passes_{uid}")
+            detail_passes = gr.Radio(label="Detail passes of other extensions (ADetailer): head = identity + this "
+                                     "head, identity = identity only, off", choices=list(DETAIL_PASSES),
+                                     value="head", elem_id=f"caphuman_detail_passes_{uid}")
+        with gr.Row():
+            refine = gr.Checkbox(label="Face refine: after the image, repaint this head with this person",
+                                 value=False, elem_id=f"caphuman_refine_{uid}")
+            refine_denoise = gr.Slider(label="Refine denoise", minimum=0.05, maximum=1, step=0.01, value=0.4,
+                                       elem_id=f"caphuman_refine_denoise_{uid}")
+            refine_size = gr.Slider(label="Refine pass size", minimum=64, maximum=2048, step=8, value=512)
+            refine_padding = gr.Slider(label="Refine padding (pixels)", minimum=0, maximum=512, step=1, value=32)
         with gr.Accordion("Head sliders (used without a pose photo)", open=False):
             with gr.Row():
                 yaw = gr.Slider(label="Yaw", minimum=-90, maximum=90, step=1, value=0, elem_id=f"caphuman_yaw_{uid}")
@@ -220,7 +239,7 @@ class Script(scripts.Script):
         message = gr.Markdown("")
         values = [enabled, model, reference, face_index, whole, pose, modes, strength, start, end, pose_only,
                   resize_mode, yaw, pitch, roll, cx, cy, scale, expression, jaw, light_yaw, light_pitch,
-                  light_strength, more, passes]
+                  light_strength, more, passes, detail_passes, refine, refine_denoise, refine_size, refine_padding]
         assert len(values) == len(FIELD_ORDER)
         refresh.click(lambda: gr.update(choices=[""] + list(list_capface_models(_folders()))), outputs=[model])
         preview_button.click(_preview_ui, inputs=[*values, width, height], outputs=[preview, message])
@@ -252,8 +271,8 @@ class Script(scripts.Script):
     def process(self, p, *args):
         device = devices.device
         job.start(p, args, host, prepare=lambda unit, position: builder().prepare(unit, device, position),
-                  render=lambda unit, width, height: builder().hint(unit, width, height, device),
-                  offload=_offload(), describe=_infotext)
+                  render=_render, offload=_offload(), describe=_infotext,
+                  task=getattr(shared.state, "time_start", None))  # set by state.begin() for each UI/API task
         if job.generation_of(p) is not None:
             _after_use()
 
@@ -268,7 +287,13 @@ class Script(scripts.Script):
             generation.end_sampling()
 
     def postprocess_image(self, p, pp, *args):
-        """With "Score CapHuman results" on: each image's scores in its infotext, an overlay kept for the gallery."""
+        """Face refine of the units that have it on, one inpaint pass per head; then, with "Score CapHuman results"
+        on, each image's scores in its infotext and an overlay kept for the gallery."""
+        for plan in job.refine_passes(p, pp.image.size):
+            try:
+                pp.image = refine_pass.refine(p, pp.image, plan)
+            except Exception as error:  # noqa: BLE001 - the image made so far stays; the message says why
+                print(f"CapHuman: face refine of unit {plan.position + 1} failed: {error}")
         generation = job.generation_of(p)
         if generation is None or not _opt("caphuman_score", False):
             return
@@ -362,6 +387,7 @@ def _register_xyz_axes():
         xyz.axis_options.append(xyz.AxisOption(f"[CapHuman] {label}", cast, setter(name, cast)))
     xyz.axis_options.append(xyz.AxisOption("[CapHuman] Act in", str, setter("passes", check_passes),
                                            choices=lambda: list(PASSES)))
+    xyz.axis_options.append(xyz.AxisOption("[CapHuman] Refine denoise", float, setter("refine_denoise", float)))
 
 
 script_callbacks.on_before_ui(_register_xyz_axes)

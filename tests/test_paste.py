@@ -34,3 +34,21 @@ def test_without_the_photos_the_unit_is_not_enabled(tmp_path):
     pasted = pasted_unit(params, 0, PhotoStore(tmp_path / "empty"))
     assert pasted.enabled is None and pasted.reference is None
     assert pasted.settings["strength"] == 0.7 and "add the person's photo" in pasted.message
+
+
+def test_detail_passes_paste_what_the_unit_did(tmp_path):
+    """The setting pasted is what the unit did in the detail passes of other extensions (ADetailer): a paste then
+    redoes the picture whatever the other extension's settings are now; an old infotext leaves the radio alone."""
+    from caphuman_ext.lifecycle.detail import DETAIL_KEY
+
+    store = PhotoStore(tmp_path / "photos")
+    unit = _unit()
+    unit.detail_passes = "identity"
+    text = to_infotext(unit, store.save(unit.reference_images))
+    assert "detail_passes identity" in text
+    acted = pasted_unit({"CapHuman 1": text, DETAIL_KEY: "1 identity; 2 head"}, 0, store)
+    assert acted.settings["detail_passes"] == "identity"
+    assert pasted_unit({"CapHuman 1": text}, 0, store).settings["detail_passes"] == "off"
+    assert pasted_unit({"CapHuman 1": text, DETAIL_KEY: "2 head"}, 0, store).settings["detail_passes"] == "off"
+    old = text.replace("; detail_passes identity", "")
+    assert "detail_passes" not in pasted_unit({"CapHuman 1": old}, 0, store).settings

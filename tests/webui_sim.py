@@ -86,6 +86,23 @@ def latent_picture(latent: torch.Tensor):
     return Image.fromarray(rgb).resize((latent.shape[-1] * OPT_F, latent.shape[-2] * OPT_F))
 
 
+def picture_latent(picture) -> torch.Tensor:
+    """The stand-in VAE's encoder (`latent_picture` back, lossy): 8×8 means of the three channels, a zero fourth."""
+    import numpy as np
+    from PIL import Image
+
+    small = picture.convert("RGB").resize((picture.width // OPT_F, picture.height // OPT_F), Image.BOX)
+    rgb = torch.from_numpy(np.asarray(small, dtype=np.float32)).permute(2, 0, 1) / 255 * 6 - 3
+    return torch.cat([rgb, torch.zeros_like(rgb[:1])])[None]
+
+
+def picture_tensor(picture) -> torch.Tensor:
+    """A picture's pixels as a float (3, H, W) tensor (tests compare these)."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+
+
 CALLBACKS: dict[str, list] = {}
 
 
@@ -133,7 +150,7 @@ def install_fake_webui(models_path: Path) -> types.SimpleNamespace:
                           refiner_switch_by_sample_steps=True)
     shared.cmd_opts = types.SimpleNamespace(lowvram=False, medvram=False)
     shared.sd_model = None
-    shared.state = State(sampling_step=0, sampling_steps=0, interrupted=False, skipped=False)
+    shared.state = State(sampling_step=0, sampling_steps=0, interrupted=False, skipped=False, time_start=0.0)
     shared.OptionInfo = OptionInfo
     devices = types.ModuleType("modules.devices")
     devices.device = torch.device("cpu")
@@ -150,8 +167,11 @@ def install_fake_webui(models_path: Path) -> types.SimpleNamespace:
         setattr(callbacks, name, _register(name))
     paths = types.ModuleType("modules.paths")
     paths.models_path = str(models_path)
+    processing = types.ModuleType("modules.processing")
+    processing.StableDiffusionProcessingImg2Img = Img2Img
+    processing.process_images = process_nested
     for name, module in (("shared", shared), ("devices", devices), ("scripts", scripts),
-                         ("script_callbacks", callbacks), ("paths", paths)):
+                         ("script_callbacks", callbacks), ("paths", paths), ("processing", processing)):
         setattr(modules, name, module)
         sys.modules[f"modules.{name}"] = module
     sys.modules["modules"] = modules
@@ -349,6 +369,16 @@ def swallow(function, *args, **kwargs):
         return None
 
 
+class RunnerScript:
+    """A script as the webui's ScriptRunner holds it: its range of `p.script_args` (args_from, args_to)."""
+
+    def __init__(self, script, args_from: int, args_to: int) -> None:
+        self.script, self.args_from, self.args_to = script, args_from, args_to
+
+    def __getattr__(self, name):
+        return getattr(self.script, name)
+
+
 @dataclass
 class Processing:
     """The fields of StableDiffusionProcessingTxt2Img / Img2Img that the sequence and the script read."""
@@ -379,7 +409,13 @@ class Processing:
     inpaint_full_res: bool = False
     paste_to: tuple | None = None
     mask_for_overlay: object = None
-    postprocess_image_pass: object = None  # a callable (p, image) run from postprocess_image, like ADetailer
+    postprocess_image_pass: object = None  # a callable (p, latent) -> latent or picture, run before the script's
+    # postprocess_image, like ADetailer's (whose file name "!adetailer.py" sorts first)
+    scripts: object = None  # the script runner (made from `script`); a nested job names its scripts here
+    image_mask: object = None  # img2img inpaint: the mask (PIL "L"), white where to inpaint
+    mask_blur: int = 4
+    inpaint_full_res_padding: int = 32
+    pictures: list = field(default_factory=list)  # the decoded images after postprocess_image (pp.image)
     unet_forward: object = None  # replaces how the UNet is called (ControlNet-like forward, Deep Shrink, tiles)
     extra_generation_params: dict = field(default_factory=dict)
     is_hr_pass: bool = False
@@ -387,11 +423,19 @@ class Processing:
     truncate_y: int = 0
     iteration: int = 0
 
+    def __post_init__(self) -> None:
+        if self.scripts is None and self.script is not None:  # the runner gives each script its argument range
+            self.scripts = types.SimpleNamespace(alwayson_scripts=[RunnerScript(self.script, 0,
+                                                                                len(self.script_args))])
+
     @property
     def sd_model(self):
         from modules import shared
 
         return shared.sd_model
+
+    def close(self) -> None:
+        pass
 
     def unet_call(self, unet, x, t, context):
         if self.unet_forward is not None:
@@ -445,10 +489,85 @@ class Processing:
         return self.sampler.sample_img2img(self, samples, noise, conditioning, unconditional_conditioning)
 
 
+_NESTED = [0]  # jobs running now: a job started inside another (ADetailer's pass) is part of the same task
+
+
 def process_images(p: Processing) -> list[torch.Tensor]:
-    """modules/processing.py process_images_inner for the parts CapHuman meets; returns each image's final latent."""
-    with torch.no_grad():
-        return _process_images(p)
+    """modules/processing.py process_images_inner for the parts CapHuman meets; returns each image's final latent.
+    A top-level call is a new task (the UI's or API's `shared.state.begin()` sets `time_start`)."""
+    from modules import shared
+
+    if not _NESTED[0]:
+        shared.state.time_start += 1.0
+    _NESTED[0] += 1
+    try:
+        with torch.no_grad():
+            return _process_images(p)
+    finally:
+        _NESTED[0] -= 1
+
+
+def Img2Img(**fields) -> Processing:  # noqa: N802 - modules.processing.StableDiffusionProcessingImg2Img
+    """A nested img2img job as another extension builds it (`sd_model`, `init_images`, `mask`, `inpaint_full_res`,
+    ...); its `scripts` and `script_args` are set by the caller before `process_images`."""
+    known = {f for f in Processing.__dataclass_fields__}
+    values = {k: v for k, v in fields.items() if k in known}
+    values["image_mask"] = fields.get("mask")
+    return Processing(script=None, script_args=(), base=fields["sd_model"], **values)
+
+
+def crop_region(mask, padding: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Inpaint "only masked": the mask's box grown by `padding`, then to the job's aspect (width:height), inside the
+    picture (what modules/masking.py's get_crop_region_v2 + expand_crop_region do)."""
+    import numpy as np
+
+    ys, xs = np.nonzero(np.asarray(mask) > 0)
+    x1, y1 = max(0, int(xs.min()) - padding), max(0, int(ys.min()) - padding)
+    x2, y2 = min(mask.width, int(xs.max()) + 1 + padding), min(mask.height, int(ys.max()) + 1 + padding)
+    w, h = x2 - x1, y2 - y1
+    if w / h < width / height:
+        grow = min(mask.width, round(h * width / height)) - w
+        x1 = max(0, min(mask.width - (w + grow), x1 - grow // 2))
+        x2 = x1 + w + grow
+    else:
+        grow = min(mask.height, round(w * height / width)) - h
+        y1 = max(0, min(mask.height - (h + grow), y1 - grow // 2))
+        y2 = y1 + h + grow
+    return x1, y1, x2, y2
+
+
+def process_nested(p: Processing) -> types.SimpleNamespace:
+    """modules.processing.process_images for a nested img2img inpaint job: the picture cropped (only masked) and
+    encoded, sampled through the scripts the caller kept, decoded, pasted back through the blurred mask."""
+    from PIL import Image, ImageFilter
+
+    scripts = list(p.scripts.alwayson_scripts) if p.scripts is not None else []
+    if len(scripts) > 1:
+        raise NotImplementedError("the simulated nested job runs at most one script")
+    script = scripts[0] if scripts else RunnerScript(Script(), 0, 0)
+    p.script, p.script_args = script.script, tuple(p.script_args[script.args_from:script.args_to])
+    original = p.init_images[0].convert("RGB")
+    work, region = original.resize((p.width, p.height)), None
+    if p.image_mask is not None:
+        mask = p.image_mask.convert("L")
+        if p.mask_blur:
+            mask = mask.filter(ImageFilter.GaussianBlur(p.mask_blur))
+        p.mask_for_overlay = mask
+        if p.inpaint_full_res:
+            region = crop_region(mask, p.inpaint_full_res_padding, p.width, p.height)
+            p.paste_to = (region[0], region[1], region[2] - region[0], region[3] - region[1])
+            work = original.crop(region).resize((p.width, p.height), Image.LANCZOS)
+    p.init_latent = picture_latent(work)
+    process_images(p)
+    images = []
+    for picture in p.pictures:
+        if region is not None:
+            whole = original.copy()
+            whole.paste(picture.resize((region[2] - region[0], region[3] - region[1]), Image.LANCZOS), region[:2])
+        else:
+            whole = picture.resize(original.size)
+        images.append(whole if p.image_mask is None else Image.composite(whole, original, p.mask_for_overlay))
+    return types.SimpleNamespace(images=images, infotexts=[""] * len(images))
 
 
 def _process_images(p: Processing) -> list[torch.Tensor]:
@@ -474,7 +593,13 @@ def _process_images(p: Processing) -> list[torch.Tensor]:
             image = image[None]
             if p.postprocess_image_pass is not None:
                 image = p.postprocess_image_pass(p, image)
-            swallow(p.script.postprocess_image, p, PostprocessImageArgs(latent_picture(image)), *p.script_args)
+            if isinstance(image, torch.Tensor):
+                picture = latent_picture(image)
+            else:
+                picture, image = image, picture_latent(image)
+            pp = PostprocessImageArgs(picture)
+            swallow(p.script.postprocess_image, p, pp, *p.script_args)
+            p.pictures.append(pp.image)
             images.append(image)
     p.processed = types.SimpleNamespace(images=list(images), infotexts=[""] * len(images))
     swallow(p.script.postprocess, p, p.processed, *p.script_args)

@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..capface import CapFace
 from ..control import CapFaceControl
 from ..engine import ResidualEngine
 from ..graphs import GraphCache, release_shared_graphs, shared_graphs
 from ..rows import RowPlan
-from .geometry import Frame, render_plan
+from .geometry import LATENT_SCALE, Frame
+from .heads import render_picture
 
 
 class CapHumanError(RuntimeError):
@@ -39,13 +39,8 @@ RenderCanvas = Callable[[object, int, int], torch.Tensor]
 
 def hint_for_frame(render: RenderCanvas, params: object, frame: Frame, latent_hw: tuple[int, int]) -> torch.Tensor:
     """The hint for a latent of `latent_hw` covering `frame.box`: exactly (1, 9, 8h, 8w)."""
-    plan = render_plan(frame, latent_hw)
-    canvas = render(params, *plan.size)
-    x, y, w, h = plan.crop
-    hint = canvas[..., y:y + h, x:x + w]
-    if plan.needs_resize:
-        hint = F.interpolate(hint, size=(plan.hint[1], plan.hint[0]), mode="bilinear", align_corners=False)
-    return hint.contiguous()
+    h, w = latent_hw
+    return render_picture(render, params, (w * LATENT_SCALE, h * LATENT_SCALE), frame)
 
 
 def in_window(progress: float, start: float, end: float) -> bool:

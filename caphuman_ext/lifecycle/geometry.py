@@ -71,7 +71,12 @@ def crop_frame(canvas_size: tuple[int, int], paste_to: tuple[int, int, int, int]
 def render_plan(frame: Frame, latent_hw: tuple[int, int], max_pixels: int = MAX_RENDER_PIXELS) -> RenderPlan:
     """How to get a hint of exactly (8h, 8w) pixels showing `frame.box` of the canvas."""
     h, w = latent_hw
-    hint = (w * LATENT_SCALE, h * LATENT_SCALE)
+    return picture_plan(frame, (w * LATENT_SCALE, h * LATENT_SCALE), max_pixels)
+
+
+def picture_plan(frame: Frame, size: tuple[int, int], max_pixels: int = MAX_RENDER_PIXELS) -> RenderPlan:
+    """How to get a render of exactly `size` = (width, height) pixels showing `frame.box` of the canvas."""
+    hint = (int(size[0]), int(size[1]))
     canvas_w, canvas_h = frame.canvas
     box_x, box_y, box_w, box_h = frame.box
     scale_x, scale_y = hint[0] / box_w, hint[1] / box_h

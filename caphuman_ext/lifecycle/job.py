@@ -9,23 +9,50 @@ the host, from the UNet's next call. A `Host` (lifecycle/host.py) says which mod
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from ..compatibility import IncompatibleUNetError, check_compatible
 from ..unit.infotext import NOTE_KEY, infotext_key, to_infotext
 from ..unit.params import UnitParams, UnitValidationError, units_from_args
+from .detail import DETAIL_KEY, describe_details, detail_render
 from .generation import CapHumanError, Generation, PreparedUnit
 from .geometry import Frame, crop_frame, full_frame, hires_frame
 from .host import Host
+from .refine import ATTRIBUTE as REFINE_ATTRIBUTE
+from .refine import RefinePlan, refine_plans
 
 log = logging.getLogger(__name__)
 ATTRIBUTE = "caphuman_generation"
 LATENT_SCALE = 8
 MODEL_FAMILIES = (("is_sdxl", "SDXL"), ("is_sd2", "SD2"), ("is_sd3", "SD3"), ("is_ssd", "SSD-1B"),
                   ("is_flux", "Flux"))
+
+
+@dataclass
+class ActiveJob:
+    """A CapHuman job between `start` and `end`, which detail passes of other extensions may run inside."""
+
+    p: object
+    generation: Generation
+    task: object  # the host's token of the task (UI click, API call) the job belongs to
+    overrides: dict
+    sampled: bool = False  # a sampling completed: from here on, a job started inside it is a detail pass
+    details: dict[int, str] = field(default_factory=dict)  # unit position -> what it did in detail passes
+
+
+_ACTIVE: list[ActiveJob] = []
+
+
+def outer_job(p, task) -> ActiveJob | None:
+    """The job that `p` runs inside (a detail pass of another extension), None for a job of its own. Jobs left
+    active by a task that failed are dropped here, when a job of another task starts."""
+    _ACTIVE[:] = [job for job in _ACTIVE if job.task == task and not job.generation.closed]
+    return next((job for job in reversed(_ACTIVE) if job.p is not p and job.sampled), None)
 
 
 def message(error: Exception) -> str:
@@ -104,16 +131,34 @@ def step_progress(params) -> float:
 
 # the callbacks ------------------------------------------------------------------------------------------------------
 def start(p, args: Sequence, host: Host, prepare: Callable[[UnitParams, int], PreparedUnit], render: Callable,
-          offload: bool, describe: Callable[[UnitParams], str] = to_infotext) -> Generation | None:
+          offload: bool, describe: Callable[[UnitParams], str] = to_infotext, task: object = None
+          ) -> Generation | None:
     """`process`: validate and prepare the enabled units; any error is kept for `p.sample` to raise.
     `describe(unit)` is a unit's infotext, written once the unit has acted. The model is checked when sampling
-    starts (`before_sampling`): at `process` the webui may still hold the previous job's refiner."""
+    starts (`before_sampling`): at `process` the webui may still hold the previous job's refiner.
+
+    `task`: the host's token of the task the job belongs to. A job started in the same task inside a CapHuman job
+    that has sampled is a detail pass of another extension (lifecycle/detail.py): its units act per their
+    `detail_passes`, with the outer job's X/Y/Z overrides, and what they did goes into the outer job's infotext.
+    A face refine pass (`p.caphuman_refine`, a RefinePlan) runs that plan's unit only, in its every pass, with the
+    first pass's head cut to the crop and no pose-only steps."""
     end(p, host)
+    outer = outer_job(p, task)
+    refine: RefinePlan | None = getattr(p, REFINE_ATTRIBUTE, None)
+    overrides = getattr(p, "caphuman_overrides", {}) if outer is None else outer.overrides
     try:
-        units = enabled_units(args, getattr(p, "caphuman_overrides", {}))
+        units = enabled_units(args, overrides)
     except UnitValidationError as error:
         generation = Generation.failed(message(error))
     else:
+        if refine is not None:
+            # every pass of it, the identity from its first step (pose-only steps shape a composition; a refine
+            # keeps the picture's and exists to carry the identity)
+            units = [(position, dataclasses.replace(unit, passes="both", pose_only=0.0)) for position, unit in units
+                     if position == refine.position]
+        elif outer is not None:
+            units = [(position, unit) for position, unit in units if unit.detail_passes != "off"]
+            render = detail_render(render, lambda: getattr(p, "mask_for_overlay", None))
         if not units:
             return None
         try:
@@ -123,13 +168,31 @@ def start(p, args: Sequence, host: Host, prepare: Callable[[UnitParams, int], Pr
         else:
             generation = Generation(prepared, render, offload=offload)
     setattr(p, ATTRIBUTE, generation)
-    _wrap_sample(p, generation, host, describe)
+    active = None
+    if outer is None and refine is None:
+        active = ActiveJob(p, generation, task, dict(overrides))
+        _ACTIVE.append(active)
+    _wrap_sample(p, generation, host, describe, active, outer if refine is None else None)
     return generation
 
 
-def _wrap_sample(p, generation: Generation, host: Host, describe: Callable[[UnitParams], str]) -> None:
-    """Raise a stored error, or refuse a model CapFace cannot feed, before sampling starts; detach when `p.sample` ends, however it ends; write each unit's
-    infotext only once it has acted, and why CapHuman stopped early if it did."""
+def refine_passes(p, picture_size: tuple[int, int]) -> list[RefinePlan]:
+    """The face refine passes for one picture of the job `p`: its units with `refine` on that acted, whose head is
+    in the picture; none for a job inside another (a detail pass, a refine pass: no recursion) or a failed one."""
+    generation = generation_of(p)
+    if generation is None or generation.error is not None or not any(job.p is p for job in _ACTIVE):
+        return []
+    units = [(unit.position, unit.params) for unit, acted in zip(generation.units, generation.acted(), strict=True)
+             if acted]
+    return refine_plans(units, picture_size, generation.render)
+
+
+def _wrap_sample(p, generation: Generation, host: Host, describe: Callable[[UnitParams], str],
+                 active: ActiveJob | None = None, outer: ActiveJob | None = None) -> None:
+    """Raise a stored error, or refuse a model CapFace cannot feed, before sampling starts; detach when `p.sample`
+    ends, however it ends; write each unit's infotext only once it has acted, and why CapHuman stopped early if it
+    did. A job's completed sampling opens it to detail passes (`active`); a detail pass records what its units did
+    in the outer job's infotext."""
     original = p.sample
 
     def sample(*args, **kwargs):
@@ -140,7 +203,10 @@ def _wrap_sample(p, generation: Generation, host: Host, describe: Callable[[Unit
                 generation.fail(problem)
                 raise CapHumanError(problem)
         try:
-            return original(*args, **kwargs)
+            samples = original(*args, **kwargs)
+            if active is not None:
+                active.sampled = True
+            return samples
         finally:
             host.detach(generation)
             generation.end_sampling()
@@ -148,6 +214,9 @@ def _wrap_sample(p, generation: Generation, host: Host, describe: Callable[[Unit
                 if acted and unit.position not in generation.described:  # once per job (X/Y/Z cells share the dict)
                     generation.described.add(unit.position)
                     p.extra_generation_params[infotext_key(unit.position)] = describe(unit.params)
+                if acted and outer is not None:
+                    outer.details[unit.position] = unit.params.detail_passes
+                    outer.p.extra_generation_params[DETAIL_KEY] = describe_details(outer.details)
             if generation.stopped is not None:
                 p.extra_generation_params[NOTE_KEY] = generation.stopped
 
@@ -221,11 +290,12 @@ def on_step(params, host: Host) -> None:
 def end(p, host: Host) -> None:
     """`postprocess` (and the start of the next job on the same `p`): nothing of this job stays."""
     generation = generation_of(p)
+    _ACTIVE[:] = [job for job in _ACTIVE if job.p is not p]
     if generation is not None:
         generation.close()
         host.detach(generation, final=True)
         setattr(p, ATTRIBUTE, None)
 
 
-__all__ = ["ATTRIBUTE", "CapHumanError", "before_sampling", "compatibility_problem", "end", "generation_of",
-           "is_hires_pass", "message", "on_step", "pass_frame", "start", "step_progress"]
+__all__ = ["ATTRIBUTE", "ActiveJob", "CapHumanError", "before_sampling", "compatibility_problem", "end", "generation_of",
+           "is_hires_pass", "message", "on_step", "outer_job", "pass_frame", "refine_passes", "start", "step_progress"]

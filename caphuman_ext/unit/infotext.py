@@ -12,12 +12,15 @@ from preprocessors.head.frames import RESIZE_MODES
 from .params import (
     FIELD_ORDER,
     RANGES,
+    WHOLE_RANGES,
     UnitParams,
     UnitValidationError,
     _face_index,
     _finite,
+    check_detail_passes,
     check_model_name,
     check_passes,
+    check_whole,
     parse_modes,
 )
 from .photo_store import is_photos_hash, photos_hash
@@ -70,6 +73,14 @@ def _parse(name: str, value: str) -> Any:
         return _face_index(value)
     if name == "passes":
         return check_passes(value)
+    if name == "detail_passes":
+        return check_detail_passes(value)
+    if name == "refine":
+        if value not in ("True", "False"):
+            raise UnitValidationError(name, "unknown")
+        return value == "True"
+    if name in WHOLE_RANGES:
+        return check_whole(value, name)
     number = _finite(value, name)
     low, high = RANGES[name]
     if not low <= number <= high:

@@ -30,6 +30,8 @@ from preprocessors.identity.image_io import (
 )
 
 PASSES = ("both", "first", "hires")  # values of `passes` (API, infotext, X/Y/Z)
+# values of `detail_passes`: what the unit does in another extension's detail pass (ADetailer's face inpaint)
+DETAIL_PASSES = ("head", "identity", "off")  # identity + the first pass's head / identity, head on the mask / nothing
 MAX_PHOTOS = 8  # reference photos per unit (the first plus the UI's "more photos")
 # The work one request may ask for, over all its units (reference and pose photos): every photo is parsed, encoded
 # and fitted at its working size (at most MAX_SIDE a side, as `upright_rgb` downscales it; the reference pipeline
@@ -82,13 +84,20 @@ class UnitParams:
     light_strength: float = 0.0  # 0: the photo's own light
     more_reference_images: list = field(default_factory=list)  # the UI's extra photos of the same person
     passes: str = "both"  # the sampling passes the unit acts in: both, the first only, the hires pass only
+    detail_passes: str = "head"  # in detail passes of other extensions (see DETAIL_PASSES)
+    refine: bool = False  # face refine: after the image, an inpaint pass over this unit's head (lifecycle/refine.py)
+    refine_denoise: float = 0.4
+    refine_size: int = 512  # the pass's working size (square), pixels
+    refine_padding: int = 32  # context around the head box in the pass, pixels of the picture
 
 
 FIELD_ORDER = [f.name for f in fields(UnitParams)]
 RANGES = {"strength": (0.0, 2.0), "start": (0.0, 1.0), "end": (0.0, 1.0), "pose_only": (0.0, 1.0),
           "yaw": (-90.0, 90.0), "pitch": (-60.0, 60.0), "roll": (-60.0, 60.0), "center_x": (0.0, 1.0),
           "center_y": (0.0, 1.0), "scale": (0.05, 1.5), "expression": (0.0, 2.0), "jaw_open": (-0.2, 0.6),
-          "light_yaw": (-180.0, 180.0), "light_pitch": (-90.0, 90.0), "light_strength": (0.0, 3.0)}
+          "light_yaw": (-180.0, 180.0), "light_pitch": (-90.0, 90.0), "light_strength": (0.0, 3.0),
+          "refine_denoise": (0.05, 1.0)}
+WHOLE_RANGES = {"refine_size": (64, 2048, 8), "refine_padding": (0, 512, 1)}  # (low, high, multiple of)
 _RANGES = RANGES  # older name
 
 
@@ -227,6 +236,22 @@ def check_passes(value: Any) -> str:
     return value
 
 
+def check_whole(value: Any, name: str) -> int:
+    """A whole number in WHOLE_RANGES[name] (a float like 512.0 from a UI slider too)."""
+    number = _finite(value, name)
+    low, high, multiple = WHOLE_RANGES[name]
+    if not number.is_integer() or not low <= number <= high or int(number) % multiple:
+        step = f", a multiple of {multiple}" if multiple > 1 else ""
+        raise UnitValidationError(name, f"expected a whole number from {low} to {high}{step}, got {describe(value)}")
+    return int(number)
+
+
+def check_detail_passes(value: Any) -> str:
+    if not isinstance(value, str) or value not in DETAIL_PASSES:
+        raise UnitValidationError("detail_passes", f"choose from {list(DETAIL_PASSES)}, got {describe(value)}")
+    return value
+
+
 def check_model_name(value: Any) -> str:
     if not isinstance(value, str):
         raise UnitValidationError("model", f"expected a model file name, got {describe(value)}")
@@ -272,7 +297,7 @@ def unit_from_dict(data: dict, decode: bool = True) -> UnitParams:
         if name not in values:
             continue
         value = values[name]
-        if name in ("enabled", "allow_whole_image"):
+        if name in ("enabled", "allow_whole_image", "refine"):
             if not isinstance(value, bool):
                 raise UnitValidationError(name, f"expected true or false, got {describe(value)}")
             setattr(unit, name, value)
@@ -284,6 +309,10 @@ def unit_from_dict(data: dict, decode: bool = True) -> UnitParams:
             unit.modes = parse_modes(value)
         elif name == "passes":
             unit.passes = check_passes(value)
+        elif name == "detail_passes":
+            unit.detail_passes = check_detail_passes(value)
+        elif name in WHOLE_RANGES:
+            setattr(unit, name, check_whole(value, name))
         elif name == "resize_mode":
             if not isinstance(value, str) or value not in RESIZE_MODES:
                 raise UnitValidationError(name, f"choose from {list(RESIZE_MODES)}, got {describe(value)}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from ..lifecycle.detail import DETAIL_KEY, parse_details
 from .infotext import from_infotext, infotext_key, photos_hash_from_infotext, pose_hash_from_infotext
 from .photo_store import PhotoStore
 
@@ -34,6 +35,8 @@ def pasted_unit(params: dict, position: int, store: PhotoStore | None) -> Pasted
         return None
     text = params[key]
     settings = {k: v for k, v in from_infotext(text).items() if k != "enabled"}
+    if "detail_passes" in settings:  # what the unit did in detail passes (none: off), so a paste redoes the picture
+        settings["detail_passes"] = parse_details(params.get(DETAIL_KEY)).get(position, "off")
     digest, pose_digest = photos_hash_from_infotext(text), pose_hash_from_infotext(text)
     photos = store.lookup(digest) if store is not None and digest else None
     paths = store.paths(digest) if photos else None
