@@ -85,10 +85,17 @@ def rotation_errors(generated_pose: torch.Tensor, target_pose: torch.Tensor) -> 
     target = axis_angle_to_matrix(target_pose.reshape(-1)[:3])
     gy, gp, gr = matrix_to_euler(generated)
     ty, tp, tr = matrix_to_euler(target)
-    relative = generated @ target.T
-    cos = max(-1.0, min(1.0, (float(relative.trace()) - 1.0) / 2.0))
     return {"yaw_deg": _wrapped(gy - ty), "pitch_deg": _wrapped(gp - tp), "roll_deg": _wrapped(gr - tr),
-            "rotation_deg": math.degrees(math.acos(cos))}
+            "rotation_deg": math.degrees(rotation_angle(generated @ target.T))}
+
+
+def rotation_angle(rotation: torch.Tensor) -> float:
+    """The angle (radians) of a rotation matrix, as atan2(sin, cos): acos of the trace alone turns rounding of the
+    order of 1e-16 into angles of 1e-8 near zero."""
+    r = rotation.double()
+    sin = 0.5 * math.hypot(float(r[2, 1] - r[1, 2]), float(r[0, 2] - r[2, 0]), float(r[1, 0] - r[0, 1]))
+    cos = (float(r.trace()) - 1.0) / 2.0
+    return math.atan2(sin, cos)
 
 
 def euler_of(pose: torch.Tensor) -> dict[str, float]:
