@@ -415,15 +415,16 @@ def test_models_route_reports_an_unreadable_caphuman_file(tmp_path, monkeypatch,
     """A truncated download (104 bytes) or an empty file: 200 with the row saying so; read once per change."""
     import os
 
-    from caphuman_ext import model_files, safe_load
+    from caphuman_ext import model_files
+    from safe_files import weights
 
     model_files.READS.clear()
     folder = tmp_path / "CapHuman"
     folder.mkdir()
     truncated_checkpoint(folder / "caphuman.ckpt", size)
     reads = []
-    real = safe_load.load_pickled_weights
-    monkeypatch.setattr(safe_load, "load_pickled_weights", lambda *a, **k: reads.append(a) or real(*a, **k))
+    real = weights.load_pickled_weights
+    monkeypatch.setattr(weights, "load_pickled_weights", lambda *a, **k: reads.append(a) or real(*a, **k))
     with TestClient(models_webui(folder)) as client:
         answers = [client.get(MODELS) for _ in range(3)]
         assert [a.status_code for a in answers] == [200] * 3, answers[0].text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ("caphuman_ext", "preprocessors")
+PACKAGES = ("safe_files", "preprocessors", "caphuman_ext")
 
 
 def module_name(path: Path) -> str:
