@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ("safe_files", "preprocessors", "caphuman_ext", "scripts", "tools")
+PACKAGES = ("safe_files", "preprocessors", "caphuman_ext", "scripts", "caphuman_tools")
 
 # The floors, lowest first (docs/ARCHITECTURE.md). A module may import its own floor and the floors below, never one
 # above. A module is on the floor of the longest prefix that names it.
@@ -25,7 +25,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "caphuman_ext.services")),
     ("hosts", ("caphuman_ext.hosts", "caphuman_ext.webui", "caphuman_ext.model_files_panel")),
     ("scripts", ("scripts",)),
-    ("tools", ("tools",)),
+    ("tools", ("caphuman_tools",)),
 )
 
 
