@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from safe_files.rng_guard import rng_untouched
+from safe_files.weights import WeightFileError, load_state_dict
+
 from .capface import CapFace
 from .config import CapFaceConfig, ConfigError, derive_config
-from .rng_guard import rng_untouched
-from .safe_load import WeightFileError, load_state_dict
 
 CONTROL_PREFIX = "control_model."
 PROJECTION_PREFIXES = ("id_linear.", "img_linear.")

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from safe_files.weights import WeightFileError, load_state_dict
+
 from .checkpoint import CONFIG_METADATA_KEY, CheckpointError, clip_vision_from_state, split_capface_state
 from .config import ConfigError, derive_config
-from .safe_load import WeightFileError, load_state_dict
 
 
 def convert(source: str | Path, target: str | Path, half: bool = False, clip_search=None) -> dict[str, int]:

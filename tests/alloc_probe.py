@@ -35,9 +35,9 @@ def _reset_peak() -> None:
 
 def _loaders() -> dict[str, Callable[[Path], Any]]:
     from caphuman_ext.checkpoint import load_capface
-    from preprocessors.head.safe_pickle import load_flame_model, load_landmark_embedding
     from preprocessors.identity import weights
     from preprocessors.identity.clip_files import ClipSearch, locate_clip_vision, read_clip_vision
+    from safe_files.flame_pickle import load_flame_model, load_landmark_embedding
 
     weights.HASHES = weights.HashCache(None)  # nothing written beside the extension
 

@@ -103,6 +103,14 @@ def scorer(quality_models):
 
 
 @pytest.fixture(scope="module")
+def webui(tmp_path_factory, synthetic, deca_assets):
+    """The extension's script in a fake A1111 v1.10.1 (tests/webui_jobs.py), one per test module."""
+    from tests.webui_jobs import webui_for_tests
+
+    yield from webui_for_tests(tmp_path_factory, synthetic, deca_assets)
+
+
+@pytest.fixture(scope="module")
 def astronaut(synthetic) -> Image.Image:
     from preprocessors import identity as ident
 

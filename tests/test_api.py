@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import threading
-import zlib
 
 import numpy as np
 import pytest
@@ -23,34 +21,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 from caphuman_ext.unit import api, infotext, params  # noqa: E402
 from caphuman_ext.unit.params import UnitParams, UnitValidationError  # noqa: E402
 from tests.api_helpers import install, make_webui, preview_images  # noqa: E402
+from tests.inputs import b64, encode, png_bomb  # noqa: E402
 
 TXT2IMG, PREVIEW = "/sdapi/v1/txt2img", "/caphuman/v1/preview"
 
 
-def encode(image: Image.Image, format: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 PHOTO = b64(encode(Image.new("RGB", (40, 32), (200, 120, 90))))
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_bomb(side: int = 20000) -> bytes:
-    """A valid 1-bit PNG of side² pixels in ~50 kB (all black): decodable if nothing checks the declared size."""
-    row = b"\x00" + b"\x00" * ((side + 7) // 8)
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
@@ -415,15 +391,16 @@ def test_models_route_reports_an_unreadable_caphuman_file(tmp_path, monkeypatch,
     """A truncated download (104 bytes) or an empty file: 200 with the row saying so; read once per change."""
     import os
 
-    from caphuman_ext import model_files, safe_load
+    from caphuman_ext import model_files
+    from safe_files import weights
 
     model_files.READS.clear()
     folder = tmp_path / "CapHuman"
     folder.mkdir()
     truncated_checkpoint(folder / "caphuman.ckpt", size)
     reads = []
-    real = safe_load.load_pickled_weights
-    monkeypatch.setattr(safe_load, "load_pickled_weights", lambda *a, **k: reads.append(a) or real(*a, **k))
+    real = weights.load_pickled_weights
+    monkeypatch.setattr(weights, "load_pickled_weights", lambda *a, **k: reads.append(a) or real(*a, **k))
     with TestClient(models_webui(folder)) as client:
         answers = [client.get(MODELS) for _ in range(3)]
         assert [a.status_code for a in answers] == [200] * 3, answers[0].text

@@ -47,7 +47,7 @@ def test_score_route_names_the_bad_field(client):
 def test_score_requests_are_bounded_before_any_pixel_is_decoded(client, monkeypatch):
     from PIL import Image, ImageFile
 
-    from tests.test_api import b64, png_bomb
+    from tests.inputs import b64, png_bomb
 
 
     loads = []
@@ -105,7 +105,7 @@ def test_a_score_request_keeps_nothing_of_its_photos(scorer, astronaut):  # noqa
     """The route's memory returns to its level before the request: no hint, DECA code or reference embedding of
     the request stays cached (the webui's own scoring after a generation keeps them: its hints are reused)."""
     from caphuman_ext.quality.api import score_request
-    from tests.test_api import b64, encode
+    from tests.inputs import b64, encode
 
     head = scorer.builder.head_pipeline(scorer.device)
     sizes = lambda: (len(head.hints), len(head.cache), len(scorer.references))  # noqa: E731

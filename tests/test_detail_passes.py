@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from caphuman_ext import external_code
 from caphuman_ext.lifecycle.detail import DETAIL_KEY
 from tests import webui_sim
-from tests.test_lifecycle import STEERABLE, generate, unit, webui  # noqa: F401
+from tests.webui_jobs import STEERABLE, generate, unit
 
 SIZE = 256
 FACE = (72, 72, 136, 136)  # the box the "detector" found (left, top, right, bottom)

@@ -10,7 +10,7 @@ from caphuman_ext.lifecycle.heads import mask_box
 from caphuman_ext.unit.params import FIELD_ORDER, UnitParams
 from tests import webui_sim
 from tests.steerable import hint_coverage
-from tests.test_lifecycle import STEERABLE, changed, generate, unit, webui  # noqa: F401
+from tests.webui_jobs import STEERABLE, changed, generate, unit
 
 
 def test_api_version():
@@ -48,7 +48,7 @@ def test_a_job_without_caphuman_says_so(webui):  # noqa: F811
 
 
 def _render(webui):  # noqa: F811
-    return lambda params, width, height: webui.module.builder().hint(params, width, height, torch.device("cpu"))
+    return lambda params, width, height: webui.module.services.builder().hint(params, width, height, torch.device("cpu"))
 
 
 def test_head_box_and_mask_are_the_rendered_head(webui):  # noqa: F811

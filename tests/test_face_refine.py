@@ -10,7 +10,7 @@ from PIL import Image
 
 from caphuman_ext import external_code
 from tests import webui_sim
-from tests.test_lifecycle import STEERABLE, generate, unit, webui  # noqa: F401
+from tests.webui_jobs import STEERABLE, generate, unit
 
 SIZE = 256
 REFINE = dict(refine=True, refine_size=128, refine_denoise=0.6, refine_padding=16)
@@ -66,7 +66,7 @@ def test_refine_repaints_the_head_box_and_nothing_outside_the_blend_mask(webui, 
 
 def test_the_refine_pass_places_the_first_pass_head_in_its_crop(webui, refine_jobs, monkeypatch):  # noqa: F811
     """The pass renders the whole picture's canvas and cuts the crop out (the same head), no head of its own."""
-    from tests.test_lifecycle import rendered_hints
+    from tests.webui_jobs import rendered_hints
 
     hints = rendered_hints(webui, monkeypatch)
     pictures(webui, [unit(webui, model=STEERABLE, center_x=0.4, center_y=0.4, scale=0.3, **REFINE)])

@@ -363,8 +363,8 @@ def test_a_capface_that_does_not_fit_forge_unet_is_refused_when_sampling_starts(
     model = FakeModel(unet)
     p = FakeP(model)
     args = [{"enabled": True, "reference_images": [np.zeros((8, 8, 3), np.uint8)]}]
-    generation = job.start(p, args, HOST, prepare=lambda unit, position: PreparedUnit(unit, wrong, None, position),
-                           render=lambda *a: None, offload=False)
+    generation = job.start(p, args, HOST, job.PlainServices(
+        prepare=lambda unit, position: PreparedUnit(unit, wrong, None, position), render=lambda *a: None, offload=False))
     assert generation.error is None
     job.before_sampling(p, torch.zeros(1, 4, *LATENT), HOST)
     assert generation.error is not None and "does not fit the loaded checkpoint's UNet" in generation.error

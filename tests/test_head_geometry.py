@@ -17,8 +17,8 @@ from preprocessors.head.assets import HeadAssets, MissingHeadAssetError
 from preprocessors.head.crop import box_from_landmarks, crop_face, resize_photo
 from preprocessors.head.encoder import DecaEncoder
 from preprocessors.head.flame import Flame, rodrigues
-from preprocessors.head.safe_pickle import ForbiddenPickleError, load_object_npy, load_pickle
 from preprocessors.head.texture import FlameTexture
+from safe_files.flame_pickle import ForbiddenPickleError, load_object_npy, load_pickle
 
 
 @pytest.mark.parametrize("who", ["identity", "pose"])

@@ -36,14 +36,14 @@ import caphuman_ext
 from caphuman_ext.checkpoint import CheckpointError, load_capface, read_clip_vision_state_dict
 from caphuman_ext.config import ConfigError, derive_config
 from caphuman_ext.convert import main as convert_main
-from caphuman_ext.safe_load import load_pickled_weights, load_state_dict
 from preprocessors.head.encoder import DecaEncoder
-from preprocessors.head.file_checks import HeadFileError
 from preprocessors.head.flame import Flame
 from preprocessors.head.mesh import load_obj
 from preprocessors.head.rasterizer import MeshTooComplexError, pair_budget, rasterize
-from preprocessors.head.safe_pickle import load_object_npy, load_pickle
 from preprocessors.head.texture import FlameTexture
+from safe_files.flame_pickle import load_object_npy, load_pickle
+from safe_files.head_limits import HeadFileError
+from safe_files.weights import load_pickled_weights, load_state_dict
 from tests.core_helpers import random_capface
 from tests.hostile_payloads import (
     PAYLOADS,
@@ -285,14 +285,14 @@ def test_more_calls_than_a_weight_pickle_makes_are_refused(tmp_path):
 
 def test_a_sparse_matrix_is_densified_only_at_the_shape_it_must_have(tmp_path, deca_assets, monkeypatch):  # noqa: F811
     """A J_regressor of 6000 x 6000 (a few bytes sparse, 288 MB dense) is refused by its declared shape."""
-    from preprocessors.head import safe_pickle
+    from safe_files import flame_pickle
 
     with open(deca_assets / "generic_model.pkl", "rb") as handle:
         base = pickle.load(handle)  # our own synthetic file
     path = _write_flame(tmp_path, {**base, "J_regressor": sp.csc_matrix((6000, 6000), dtype=np.float64)})
     densified = []
-    real = safe_pickle.SparseMatrix.toarray
-    monkeypatch.setattr(safe_pickle.SparseMatrix, "toarray", lambda self, *a: densified.append(self.shape()) or
+    real = flame_pickle.SparseMatrix.toarray
+    monkeypatch.setattr(flame_pickle.SparseMatrix, "toarray", lambda self, *a: densified.append(self.shape()) or
                         real(self, *a))
     with pytest.raises(HeadFileError, match="generic_model.pkl: 'J_regressor'.*6000"):
         Flame.from_files(path, deca_assets / "landmark_embedding.npy")
@@ -344,8 +344,8 @@ def _minimal_capface_keys() -> dict[str, torch.Tensor]:
 def test_safetensors_header_is_bounded_before_the_library_parses_it(tmp_path):
     """A header the library accepts (< 100 MB) but no weight file has, and one larger than the file: refused, by
     the CapFace and the CLIP readers, before parsing."""
-    from caphuman_ext.safe_load import MAX_SAFETENSORS_HEADER
     from preprocessors.identity.clip_files import ClipVisionFile, read_clip_vision
+    from safe_files.weights import MAX_SAFETENSORS_HEADER
 
     padded = tmp_path / "caphuman_capface.safetensors"  # with enough tensor bytes for any header under the cap
     tensors = {**_minimal_capface_keys(), "data": torch.zeros(MAX_SAFETENSORS_HEADER * 4)}

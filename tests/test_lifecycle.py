@@ -6,85 +6,25 @@ synthetic model files. Outputs are final latents, compared as tensors.
 
 from __future__ import annotations
 
-import sys
-from types import SimpleNamespace
-
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from caphuman_ext.capface import CapFace
 from caphuman_ext.hook import UNetHook
 from caphuman_ext.lifecycle.geometry import render_plan
+from caphuman_ext.unit.builder import UnitBuilder
 from tests import webui_sim
-from tests.core_helpers import TINY_CAPFACE, random_capface, tiny_unet
-from tests.generated_data import link_or_copy
-from tests.inputs import tiny_clip_state
-from tests.steerable import hint_coverage, save_steerable_checkpoint
-
-
-def _write_capface(path, config=TINY_CAPFACE, seed: int = 3) -> None:
-    capface = random_capface(config, seed=seed)
-    capface.img_linear = torch.nn.Linear(64, 64)  # the tiny test CLIP tower has 64 channels
-    capface.config = capface.config.__class__(**{**capface.config.to_dict(), "clip_token_dim": 64})
-    state = {k: v.contiguous() for k, v in capface.state_dict().items()}
-    state.update({f"clip_vision.{k}": v.contiguous() for k, v in tiny_clip_state().items()})
-    save_file(state, path)
-
-
-@pytest.fixture(scope="module")
-def webui(tmp_path_factory, synthetic, deca_assets):  # noqa: F811
-    root = tmp_path_factory.mktemp("webui_models")
-    folder = root / "CapHuman"
-    folder.mkdir()
-    for source in list(synthetic.iterdir()) + list(deca_assets.iterdir()):
-        if source.suffix in (".pth", ".pt", ".pkl", ".npy", ".obj", ".npz", ".tar"):
-            link_or_copy(source, folder / source.name)
-    _write_capface(folder / "caphuman_tiny.safetensors")
-    save_steerable_checkpoint(folder / STEERABLE)
-    saved = {k: v for k, v in sys.modules.items() if k == "modules" or k.startswith("modules.")}
-    fake = webui_sim.install_fake_webui(root)
-    undo_hijack = webui_sim.hijack_unet_cat()
-    module = webui_sim.load_script_module()
-    photo = Image.open(synthetic / "identity.png").convert("RGB")
-    yield SimpleNamespace(script=module.Script(), module=module, fake=fake, photo=photo, folder=folder,
-                          base=webui_sim.FakeSDModel(tiny_unet(seed=1), "base"),
-                          other=webui_sim.FakeSDModel(tiny_unet(seed=5), "other"))
-    undo_hijack()
-    for key in [k for k in sys.modules if k == "modules" or k.startswith("modules.")]:
-        del sys.modules[key]
-    sys.modules.update(saved)
-
-
-STEERABLE = "caphuman_zsteerable.safetensors"  # sorts after caphuman_tiny: the default model stays the random one
-
-
-def unit(webui, **fields) -> dict:
-    return {"enabled": True, "reference_images": [webui.photo], **fields}
-
-
-def generate(webui, units=(), **fields):
-    webui_sim.CALL_LOG.clear()
-    fields.setdefault("base", webui.base)
-    p = webui_sim.Processing(script=webui.script, script_args=tuple(units), **fields)
-    images = webui_sim.process_images(p)
-    p.calls = list(webui_sim.CALL_LOG)
-    return images, p
-
-
-def plain_then_caphuman_then_plain(webui, units, **fields):
-    before, _ = generate(webui, (), **fields)
-    steered, p = generate(webui, units, **fields)
-    after, _ = generate(webui, (), **fields)
-    for a, b in zip(before, after, strict=True):
-        assert torch.equal(a, b), "the plain generation after CapHuman differs from the one before"
-    assert webui_sim.no_caphuman_hooks(webui.base.model.diffusion_model, webui.other.model.diffusion_model)
-    return before, steered, p
-
-
-def changed(before, steered) -> list[float]:
-    return [float((a - b).abs().max()) for a, b in zip(before, steered, strict=True)]
+from tests.core_helpers import tiny_unet
+from tests.steerable import hint_coverage
+from tests.webui_jobs import (
+    STEERABLE,
+    changed,
+    generate,
+    plain_then_caphuman_then_plain,
+    rendered_hints,
+    unit,
+)
 
 
 def test_caphuman_changes_every_image_and_leaves_no_trace(webui):
@@ -112,18 +52,18 @@ def test_hires_truncated_hint_is_the_first_pass_canvas_cropped(webui):
     """Hires "resize to" 192×128 from 128²: the webui upscales to 192² and keeps latent rows 4..20; the hint is the
     same head on the upscaled canvas, cropped like the latent — not a new head placed in a 192×128 picture."""
     hints = {}
-    original = webui.module.UnitBuilder.hint
+    original = UnitBuilder.hint
 
     def spy(self, unit_params, width, height, device):
         hint = original(self, unit_params, width, height, device)
         hints[(width, height)] = hint
         return hint
 
-    webui.module.UnitBuilder.hint = spy
+    UnitBuilder.hint = spy
     try:
         generate(webui, [unit(webui, center_y=0.3)], enable_hr=True, hr_resize_x=192, hr_resize_y=128)
     finally:
-        webui.module.UnitBuilder.hint = original
+        UnitBuilder.hint = original
     assert (192, 192) in hints and (192, 128) not in hints  # rendered on the upscaled canvas, then cropped
     assert (128, 128) in hints
 
@@ -222,19 +162,19 @@ def test_only_masked_inpaint_places_the_head_in_the_crop(webui):
     """The picture is 256²; the webui samples the crop (64, 32, 128, 128) at 128²: the hint is the 256² canvas
     rendered at that density (256² × 1) and cropped there."""
     hints = {}
-    original = webui.module.UnitBuilder.hint
+    original = UnitBuilder.hint
 
     def spy(self, unit_params, width, height, device):
         hints[(width, height)] = original(self, unit_params, width, height, device)
         return hints[(width, height)]
 
-    webui.module.UnitBuilder.hint = spy
+    UnitBuilder.hint = spy
     try:
         init = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
         generate(webui, [unit(webui)], init_latent=init, inpaint_full_res=True, paste_to=(64, 32, 128, 128),
                  init_images=[Image.new("RGB", (256, 256))])
     finally:
-        webui.module.UnitBuilder.hint = original
+        UnitBuilder.hint = original
     assert list(hints) == [(256, 256)]
 
 
@@ -261,20 +201,20 @@ def test_incompatible_capface_stops_with_a_clear_message(webui, tmp_path):
 
 
 def test_a_failing_hires_render_stops_the_generation(webui):
-    original = webui.module.UnitBuilder.hint
+    original = UnitBuilder.hint
 
     def fails_at_hires(self, unit_params, width, height, device):
         if width > 128:
             raise RuntimeError("head render failed")
         return original(self, unit_params, width, height, device)
 
-    webui.module.UnitBuilder.hint = fails_at_hires
+    UnitBuilder.hint = fails_at_hires
     try:
         p = webui_sim.Processing(script=webui.script, script_args=(unit(webui),), base=webui.base, enable_hr=True)
         with pytest.raises(RuntimeError, match="CapHuman: head render failed"):
             webui_sim.process_images(p)
     finally:
-        webui.module.UnitBuilder.hint = original
+        UnitBuilder.hint = original
     assert webui_sim.no_caphuman_hooks(webui.base.model.diffusion_model)
 
 
@@ -393,7 +333,7 @@ def test_a_unit_that_never_acts_is_not_in_the_infotext(webui):
 
 def test_low_vram_moves_models_off_after_use(webui, monkeypatch):
     offloads = []
-    monkeypatch.setattr(webui.module.UnitBuilder, "offload", lambda self: offloads.append(True))
+    monkeypatch.setattr(UnitBuilder, "offload", lambda self: offloads.append(True))
     webui.fake.shared.cmd_opts.lowvram = True
     try:
         generate(webui, [unit(webui)])
@@ -480,19 +420,6 @@ def test_xyz_cells_sharing_one_infotext_dict_each_write_their_own(webui):
 
 
 # where CapHuman acts: the steerable CapFace (tests/steerable.py) -------------------------------------------------------
-def rendered_hints(webui, monkeypatch) -> dict:
-    """{(width, height): hint} of every canvas the units render in the next generations."""
-    hints = {}
-    original = webui.module.UnitBuilder.hint
-
-    def spy(self, unit_params, width, height, device):
-        hints[(width, height)] = original(self, unit_params, width, height, device)
-        return hints[(width, height)]
-
-    monkeypatch.setattr(webui.module.UnitBuilder, "hint", spy)
-    return hints
-
-
 def head_cells(hint: torch.Tensor) -> torch.Tensor:
     """Latent cells more than half covered by the rendered head (where the hard head mask is 1): (h, w) bool."""
     return torch.nn.functional.avg_pool2d(hint_coverage(hint), 8)[0, 0] > 0.5

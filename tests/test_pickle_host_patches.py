@@ -18,7 +18,7 @@ def test_torch_zip_loads_after_lightning_replaced_pickle_unpickler(tmp_path):
 import pickle, sys
 sys.path.insert(0, {str(REPO)!r})
 pickle.Unpickler = type("RedirectingUnpickler", (pickle._Unpickler,), {{}})  # what lightning 1.9 does at import
-from caphuman_ext.safe_load import load_pickled_weights
+from safe_files.weights import load_pickled_weights
 state = load_pickled_weights({str(path)!r})
 assert state["conv.weight"].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], state
 print("ok")

@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from caphuman_ext.quality import protocol, summary, table
-from caphuman_ext.quality.__main__ import main
 from caphuman_ext.quality.api import score_request
-from caphuman_ext.quality.runner import RunConfig, run
 from caphuman_ext.unit.params import UnitValidationError
+from caphuman_tools.quality import protocol, summary, table
+from caphuman_tools.quality.__main__ import main
+from caphuman_tools.quality.runner import RunConfig, run
 
 
 class FakeWebui(ThreadingHTTPServer):
@@ -285,7 +285,7 @@ def test_numbers_stay_numbers_in_the_csv(tmp_path):
 
 
 def test_an_answer_over_the_bound_is_not_read_whole(odd_webui, monkeypatch):
-    from caphuman_ext.quality import webui_client
+    from caphuman_tools.quality import webui_client
 
     server = odd_webui(json.dumps({"units": [], "padding": "x" * 2_000_000}).encode())
     reads = []
@@ -305,8 +305,8 @@ def test_an_answer_over_the_bound_is_not_read_whole(odd_webui, monkeypatch):
 
 
 def test_a_huge_image_is_refused_from_its_header(odd_webui, inputs, tmp_path, monkeypatch):
-    from caphuman_ext.quality import webui_client
-    from tests.test_api import png_bomb
+    from caphuman_tools.quality import webui_client
+    from tests.inputs import png_bomb
 
     bomb = base64.b64encode(png_bomb(13_300)).decode()  # 176.9 MP: under Pillow's own 2 × 89 MP refusal
     with pytest.raises(webui_client.WebuiError, match="13300×13300"):

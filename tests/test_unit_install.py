@@ -75,14 +75,14 @@ def _requirements_table() -> dict:
 
 
 def test_every_install_requirement_is_imported_by_the_extension():
-    used = imported_modules([REPO / "caphuman_ext", REPO / "preprocessors", REPO / "scripts"])
+    used = imported_modules([REPO / "safe_files", REPO / "caphuman_ext", REPO / "preprocessors", REPO / "scripts"])
     unused = [module for module in _requirements_table() if module not in used]
     assert not unused, f"install.py installs {unused}, which the extension never imports"
 
 
 def test_every_ci_requirement_is_imported():
-    ours = imported_modules([REPO / "caphuman_ext", REPO / "preprocessors", REPO / "scripts", REPO / "tests",
-                             REPO / "benchmarks"])
+    ours = imported_modules([REPO / "safe_files", REPO / "caphuman_ext", REPO / "preprocessors", REPO / "scripts",
+                             REPO / "caphuman_tools", REPO / "tests", REPO / "benchmarks"])
     unused = []
     for line in REQUIREMENTS_TXT.read_text().splitlines():
         name = line.split("#")[0].strip().split("=")[0].split("<")[0].split(">")[0].strip().lower()

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -129,13 +130,33 @@ def step_progress(params) -> float:
     return params.sampling_step / total if total else 0.0
 
 
+class JobServices(Protocol):
+    """What a job needs of the process-wide services (`caphuman_ext.services.Services` in the webui)."""
+
+    offload: bool  # move the job's models off the GPU after use
+
+    def prepare(self, unit: UnitParams, position: int) -> PreparedUnit: ...
+
+    def render(self, unit: UnitParams, width: int, height: int) -> torch.Tensor: ...
+
+    def describe(self, unit: UnitParams) -> str: ...
+
+
+@dataclass
+class PlainServices:
+    """JobServices from plain functions (tests, benchmarks, hosts without the webui's services)."""
+
+    prepare: Callable[[UnitParams, int], PreparedUnit]
+    render: Callable[[UnitParams, int, int], torch.Tensor]
+    offload: bool = False
+    describe: Callable[[UnitParams], str] = to_infotext
+
+
 # the callbacks ------------------------------------------------------------------------------------------------------
-def start(p, args: Sequence, host: Host, prepare: Callable[[UnitParams, int], PreparedUnit], render: Callable,
-          offload: bool, describe: Callable[[UnitParams], str] = to_infotext, task: object = None
-          ) -> Generation | None:
-    """`process`: validate and prepare the enabled units; any error is kept for `p.sample` to raise.
-    `describe(unit)` is a unit's infotext, written once the unit has acted. The model is checked when sampling
-    starts (`before_sampling`): at `process` the webui may still hold the previous job's refiner.
+def start(p, args: Sequence, host: Host, services: JobServices, task: object = None) -> Generation | None:
+    """`process`: validate and prepare the enabled units with `services`; any error is kept for `p.sample` to raise.
+    `services.describe(unit)` is a unit's infotext, written once the unit has acted. The model is checked when
+    sampling starts (`before_sampling`): at `process` the webui may still hold the previous job's refiner.
 
     `task`: the host's token of the task the job belongs to. A job started in the same task inside a CapHuman job
     that has sampled is a detail pass of another extension (lifecycle/detail.py): its units act per their
@@ -143,6 +164,7 @@ def start(p, args: Sequence, host: Host, prepare: Callable[[UnitParams, int], Pr
     A face refine pass (`p.caphuman_refine`, a RefinePlan) runs that plan's unit only, in its every pass, with the
     first pass's head cut to the crop and no pose-only steps."""
     end(p, host)
+    render, describe = services.render, services.describe
     outer = outer_job(p, task)
     refine: RefinePlan | None = getattr(p, REFINE_ATTRIBUTE, None)
     overrides = getattr(p, "caphuman_overrides", {}) if outer is None else outer.overrides
@@ -162,11 +184,11 @@ def start(p, args: Sequence, host: Host, prepare: Callable[[UnitParams, int], Pr
         if not units:
             return None
         try:
-            prepared = [prepare(unit, position) for position, unit in units]
+            prepared = [services.prepare(unit, position) for position, unit in units]
         except Exception as error:  # noqa: BLE001 - any failure stops this generation with a readable message
             generation = Generation.failed(message(error))
         else:
-            generation = Generation(prepared, render, offload=offload)
+            generation = Generation(prepared, render, offload=services.offload)
     setattr(p, ATTRIBUTE, generation)
     active = None
     if outer is None and refine is None:
@@ -297,5 +319,5 @@ def end(p, host: Host) -> None:
         setattr(p, ATTRIBUTE, None)
 
 
-__all__ = ["ATTRIBUTE", "ActiveJob", "CapHumanError", "before_sampling", "compatibility_problem", "end", "generation_of",
+__all__ = ["ATTRIBUTE", "ActiveJob", "CapHumanError", "PlainServices", "JobServices", "before_sampling", "compatibility_problem", "end", "generation_of",
            "is_hires_pass", "message", "on_step", "outer_job", "pass_frame", "refine_passes", "start", "step_progress"]

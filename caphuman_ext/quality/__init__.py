@@ -1,6 +1,6 @@
 """Quality scores of CapHuman results: identity similarity and head-control errors (CapHuman's Table 1 metrics) of
-generated images, per unit, from the extension's own models; and a protocol runner over a running webui
-(`python -m caphuman_ext.quality --help`)."""
+generated images, per unit, from the extension's own models. The protocol runner that drives a webui is a tool:
+`caphuman_tools.quality`."""
 
 from .metrics import code_errors, cosine_similarity, rotation_errors
 from .results import FaceScore, ImageScore

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caphuman_ext.rng_guard import rng_untouched
+from safe_files.rng_guard import rng_untouched
 
 CODE_SIZES = {"shape": 100, "tex": 50, "exp": 50, "pose": 6, "cam": 3, "light": 27}
 
@@ -28,9 +28,9 @@ class DecaEncoder(nn.Module):
     @classmethod
     @rng_untouched()
     def from_file(cls, path: str | Path, device: torch.device | str = "cpu") -> DecaEncoder:
-        """deca_model.tar read by `caphuman_ext.safe_load` (no pickled code runs, sizes bounded by the file); only
+        """deca_model.tar read by `safe_files.weights` (no pickled code runs, sizes bounded by the file); only
         `E_flame` is used, and it must fit the network exactly."""
-        from caphuman_ext.safe_load import load_pickled_weights
+        from safe_files.weights import load_pickled_weights
 
         name = Path(path).name
         checkpoint = load_pickled_weights(path)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .file_checks import (
+from safe_files.flame_pickle import load_flame_model, load_landmark_embedding
+from safe_files.head_limits import (
     FLAME_KEYS,
     MAX_BLEND_SHAPES,
     MAX_FACES,
@@ -20,7 +21,6 @@ from .file_checks import (
     checked_indices,
     within,
 )
-from .safe_pickle import load_flame_model, load_landmark_embedding
 
 N_SHAPE, N_EXP = 100, 50
 NECK_JOINT = 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .file_checks import MAX_FACES, MAX_UVS, MAX_VERTICES, HeadFileError, within
+from safe_files.head_limits import MAX_FACES, MAX_UVS, MAX_VERTICES, HeadFileError, within
 
 
 @dataclass

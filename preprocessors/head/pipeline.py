@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from caphuman_ext.rng_guard import rng_untouched
+from safe_files.rng_guard import rng_untouched
 
 from ..cache import MB, ByteLRU
 from ..identity.image_io import load_image

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .file_checks import HeadFileError
+from safe_files.head_limits import HeadFileError
 
 N_TEX = 50
 TEXTURE_SIZE = 512

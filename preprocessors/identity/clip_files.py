@@ -169,7 +169,7 @@ def locate_clip_vision(search: ClipSearch, progress: weights.Progress | None = N
 
 def read_clip_vision(file: ClipVisionFile) -> dict[str, torch.Tensor]:
     """Only the vision tower's tensors, keyed `vision_model.*` (a full CLIP file's text tower is never read)."""
-    from caphuman_ext.safe_load import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights, open_safetensors
+    from safe_files.weights import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights, open_safetensors
 
     path, keep = Path(file.path), file.prefix + VISION_PREFIX
     if file.prefix in CAPHUMAN_PREFIXES:  # CapHuman stores transformers' CLIPVisionModel: `<prefix>vision_model.*`
@@ -196,7 +196,7 @@ def read_clip_vision(file: ClipVisionFile) -> dict[str, torch.Tensor]:
 
 
 def _keys(path: Path) -> list[str]:
-    from caphuman_ext.safe_load import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights, open_safetensors
+    from safe_files.weights import SAFETENSORS_SUFFIXES, WeightFileError, load_pickled_weights, open_safetensors
 
     path = Path(path)
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from caphuman_ext.rng_guard import rng_untouched
+from safe_files.rng_guard import rng_untouched
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

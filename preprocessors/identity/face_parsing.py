@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from caphuman_ext.rng_guard import rng_untouched
+from safe_files.rng_guard import rng_untouched
 
 # background, ears, earring, neck, necklace, cloth, hair, hat: painted white in the CLIP input (CapHuman FaceParser)
 FACE_ONLY_EXCLUDED_CLASSES = (0, 7, 8, 9, 14, 15, 16, 17, 18)
@@ -21,7 +21,7 @@ def load_parsing_model(path: str | Path, device: torch.device | str = "cpu") -> 
     """facexlib's `BiSeNet(num_class=19)`, which has exactly the key layout of `79999_iter.pth`; loaded strictly."""
     from facexlib.parsing.bisenet import BiSeNet
 
-    from caphuman_ext.safe_load import load_pickled_weights
+    from safe_files.weights import load_pickled_weights
 
     state = load_pickled_weights(path)  # no pickled code runs; sizes bounded by the file
     model = BiSeNet(num_class=19)

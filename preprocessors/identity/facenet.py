@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from caphuman_ext.rng_guard import rng_untouched
+from safe_files.rng_guard import rng_untouched
 
 from ..cache import ByteLRU
 from ..photo_key import photo_key
@@ -47,7 +47,7 @@ def load_facenet(path: str | Path, device: torch.device | str = "cpu") -> torch.
     from facenet_pytorch import InceptionResnetV1
 
     model = InceptionResnetV1(pretrained=None, classify=False)
-    from caphuman_ext.safe_load import load_pickled_weights
+    from safe_files.weights import load_pickled_weights
 
     state = load_pickled_weights(path)  # no pickled code runs; sizes bounded by the file
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")}, strict=True)

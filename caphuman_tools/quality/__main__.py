@@ -1,4 +1,4 @@
-"""python -m caphuman_ext.quality --api URL --identities DIR --poses DIR --prompts FILE [options]
+"""python -m caphuman_tools.quality --api URL --identities DIR --poses DIR --prompts FILE [options]
 
 Generates identities × prompts × head conditions × seeds × strengths × pose-only phases × samplers × step counts
 through a running webui's API (started with --api) and writes OUT/scores.csv, OUT/summary.md and OUT/summary.png.
@@ -19,7 +19,7 @@ from .webui_client import WebuiError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m caphuman_ext.quality", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m caphuman_tools.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--api", required=True, help="the webui's address, e.g. http://127.0.0.1:7860")
     p.add_argument("--identities", required=True, type=Path,

@@ -2,7 +2,7 @@
 
 `.safetensors` through safetensors, its header bounded first (`check_safetensors_header`). Pickled files
 (`.ckpt/.pth/.pt/.tar`, every torch layout: zip, legacy non-zip, legacy tar) go through torch's own reader with
-`caphuman_ext.restricted_pickle` as its pickle module, so every pickle torch reads — the data pickle and the legacy
+`safe_files.restricted_pickle` as its pickle module, so every pickle torch reads — the data pickle and the legacy
 format's magic-number, protocol, sys-info and storage pickles alike — resolves globals through an allow-list:
 tensors, plain containers, dtypes; Lightning's trainer objects become inert placeholders; code-running globals are
 refused. Before torch reads anything the container is checked (zip members stored and within the file, tar members

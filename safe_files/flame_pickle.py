@@ -5,7 +5,7 @@ numpy arrays and torch tensors. The unpickler below calls neither numpy's nor sc
 `ndarray.__setstate__` trusts the pickle's shape: a wrong object-array length crashes the process): arrays, dtypes,
 scalars and sparse matrices are rebuilt here from their pickled data, whose size must match the declared shape, so
 nothing is larger than the file. Chumpy objects become plain numpy arrays, torch tensors go through
-`caphuman_ext.safe_load`, every other global is refused. chumpy is never imported.
+`safe_files.weights`, every other global is refused. chumpy is never imported.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from caphuman_ext.pickle_budget import HASHED_ITEM_BYTES, AllocationBudget, buffer_bytes, charge
-from caphuman_ext.restricted_pickle import (
+from .head_limits import FLAME_KEYS, LANDMARK_KEYS, check_arrays_dict
+from .pickle_budget import HASHED_ITEM_BYTES, AllocationBudget, buffer_bytes, charge
+from .restricted_pickle import (
     ForbiddenPickleError,
     Placeholder,
     RestrictedUnpickler,
@@ -27,8 +28,6 @@ from caphuman_ext.restricted_pickle import (
     rebuild_parameter,
     rebuild_tensor_v2,
 )
-
-from .file_checks import FLAME_KEYS, LANDMARK_KEYS, check_arrays_dict
 
 MAX_ARRAY_ELEMENTS = 1 << 26  # one array: FLAME's largest (shapedirs) has 5023 x 3 x 400 = 6e6
 MAX_OBJECT_NPY_BYTES = 64 << 20  # landmark_embedding.npy is ~ 100 KB
@@ -206,7 +205,7 @@ _SPARSE = {f"{kind}_{container}": type(f"{kind}_{container}", (SparseMatrix,), {
 
 def _load_tensor_from_bytes(data: bytes) -> Any:
     """`torch.storage._load_from_bytes`: a torch file inside the pickle, read by the same restricted reader."""
-    from caphuman_ext.safe_load import WeightFileError, load_pickled_bytes
+    from .weights import WeightFileError, load_pickled_bytes
 
     try:
         return load_pickled_bytes(_as_bytes(data), "embedded tensor")

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caphuman_ext.quality.api import score_payload
+from caphuman_ext.quality.results import FaceScore
 from preprocessors.head.codes import MODES
 
 from . import protocol, summary, table
-from .api import score_payload
-from .results import FaceScore
 from .webui_client import Webui, WebuiError, txt2img_payload
 
 
@@ -65,7 +65,8 @@ class _LocalScore:
         self.scorer = None
 
     def __call__(self, payload: dict) -> dict:
-        from .api import score_request
+        from caphuman_ext.quality.api import score_request
+
         from .scorer import Scorer
 
         if self.scorer is None:
