@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from caphuman_ext.graphed_module import graphed_on_cuda
+
 from ..cache import MB, ByteLRU
 from ..photo_key import photo_key
 from . import weights
@@ -120,6 +122,11 @@ class IdentityEncoder:
         self._detector.device = self.device
         if self._clip is None:
             self._clip = build_clip_vision(self._clip_state())
+        # on CUDA the networks replay captured graphs (one image at a time: eager, their time is launch time); the
+        # parser's input follows the photo's size: captured from a size's second photo on, up to 1024² (its pool)
+        self._parser = graphed_on_cuda(self._parser, self.device, capture_after=2, max_input_numel=3 * 1024 * 1024)
+        self._facenet = graphed_on_cuda(self._facenet, self.device)
+        self._clip = graphed_on_cuda(self._clip, self.device)
         for model in (self._parser, self._facenet):
             model.to(self.device)
         self._clip.to(self.device, self.dtype)
