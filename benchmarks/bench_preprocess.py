@@ -247,7 +247,7 @@ def bench_graphed(device: str, iters: int) -> dict:
     return result
 
 
-def bench_first_image(device: str, photos: int = 6) -> dict:
+def bench_first_image(device: str, photos: int = 6, profile: str | None = None) -> dict:
     """One identity + its hint at 512² through the preprocessors' own classes (`IdentityEncoder.encode`, then
     `HeadPipeline.render`, as `UnitBuilder` calls them), real-size random networks, MTCNN with its shipped weights.
     `first_call`: the first photo after loading (captures included); `cold`: each later new photo (same size, the
@@ -339,6 +339,24 @@ def bench_first_image(device: str, photos: int = 6) -> dict:
                 sync()
                 mtcnn.append((time.perf_counter() - start) * 1e3)
             result[f"{mode}_mtcnn_ms"] = statistics.median(mtcnn)
+            if profile and mode == "graphed":  # where a new photo's time goes (host side; CUDA syncs show as waits)
+                import cProfile
+                import io
+                import pstats
+
+                profiler = cProfile.Profile()
+                for index in range(3):
+                    image = photo(index + 3000)
+                    profiler.enable()
+                    encoder.encode(image, allow_whole_image=True)
+                    pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
+                    sync()
+                    profiler.disable()
+                text = io.StringIO()
+                stats = pstats.Stats(profiler, stream=text)
+                stats.sort_stats("cumulative").print_stats(45)
+                stats.sort_stats("tottime").print_stats(25)
+                Path(profile).write_text(text.getvalue())
             encoder = pipeline = None
         finally:
             identity_encoder.graphed_on_cuda, head_pipeline.graphed_on_cuda = original
@@ -350,12 +368,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json")
+    parser.add_argument("--profile", help="write a cProfile of three new photos (graphed) to this file")
     parser.add_argument("--first-image-only", action="store_true",
                         help="only the end-to-end first image (identity + hint through the preprocessors)")
     args = parser.parse_args()
     info = {"device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    out = {"info": info, "first_image": bench_first_image(args.device)}
+    out = {"info": info, "first_image": bench_first_image(args.device, profile=args.profile)}
     if not args.first_image_only:
         out["head"] = bench_head(args.device, args.iters)
         out["identity"] = bench_identity(args.device, args.iters)
