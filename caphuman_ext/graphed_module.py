@@ -138,3 +138,22 @@ def graphed_on_cuda(module: nn.Module, device: torch.device | str, **options) ->
     if isinstance(module, GraphedModule) or torch.device(device).type != "cuda":
         return module
     return GraphedModule(module, **options)
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    return have.type == want.type and (want.index is None or have.index is None or have.index == want.index
+                                       or want.type != "cuda")
+
+
+def place(module: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
+    """`module.to(device, dtype)` only when its first tensor is elsewhere: `.to` walks every parameter and buffer
+    (thousands for CLIP ViT-L, ResNet-50, Inception-ResNet), which the preprocessors paid on every photo."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    first = next(iter(module.parameters()), None)
+    if first is None:
+        first = next(iter(module.buffers()), None)
+    if first is None or not _same_device(first.device, device) or (dtype is not None and first.dtype != dtype):
+        module.to(device, dtype) if dtype is not None else module.to(device)
+    return module

@@ -287,3 +287,17 @@ def test_graphed_module_equals_eager_and_hands_out_copies():
         assert torch.equal(parser(b), net(b)) and len(parser._graphs) == 1  # seen twice: captured
         big = torch.rand(1, 3, 64, 64, device="cuda")
         assert torch.equal(parser(big), net(big)) and torch.equal(parser(big), net(big)) and len(parser._graphs) == 1
+
+
+def test_place_moves_a_module_only_when_it_is_elsewhere():
+    from caphuman_ext.graphed_module import place
+
+    net, moves = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)), []
+    original = net.to
+    net.to = lambda *args, **kwargs: moves.append(args) or original(*args, **kwargs)
+    assert place(net, "cpu") is net and not moves  # already there: no walk over every tensor
+    place(net, "cpu", torch.float64)
+    assert moves and next(net.parameters()).dtype == torch.float64 and net[1].running_mean.dtype == torch.float64
+    buffers_only = torch.nn.Module()
+    buffers_only.register_buffer("table", torch.zeros(2))
+    assert place(buffers_only, "cpu") is buffers_only

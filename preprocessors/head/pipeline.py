@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from caphuman_ext.graphed_module import graphed_on_cuda
+from caphuman_ext.graphed_module import graphed_on_cuda, place
 from caphuman_ext.rng_guard import rng_untouched
 
 from ..cache import MB, ByteLRU
@@ -121,7 +121,7 @@ class HeadPipeline:
         if encoder is not self._models[0]:
             self._models = (encoder, *self._models[1:])
         for model in self._models:
-            model.to(self.device)
+            place(model, self.device)
         return self._models
 
     def offload(self) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from caphuman_ext.graphed_module import graphed_on_cuda
+from caphuman_ext.graphed_module import graphed_on_cuda, place
 
 from ..cache import MB, ByteLRU
 from ..photo_key import photo_key
@@ -118,7 +118,7 @@ class IdentityEncoder:
             self._facenet = load_facenet(self._file(self.paths.facenet, weights.FACENET_VGGFACE2))
         if self._detector is None:
             self._detector = load_face_detector(self.device)
-        self._detector.to(self.device)
+        place(self._detector, self.device)
         self._detector.device = self.device
         if self._clip is None:
             self._clip = build_clip_vision(self._clip_state())
@@ -128,8 +128,8 @@ class IdentityEncoder:
         self._facenet = graphed_on_cuda(self._facenet, self.device)
         self._clip = graphed_on_cuda(self._clip, self.device)
         for model in (self._parser, self._facenet):
-            model.to(self.device)
-        self._clip.to(self.device, self.dtype)
+            place(model, self.device)
+        place(self._clip, self.device, self.dtype)
         return self._parser, self._detector, self._facenet, self._clip
 
     def offload(self) -> None:
