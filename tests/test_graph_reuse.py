@@ -301,3 +301,20 @@ def test_place_moves_a_module_only_when_it_is_elsewhere():
     buffers_only = torch.nn.Module()
     buffers_only.register_buffer("table", torch.zeros(2))
     assert place(buffers_only, "cpu") is buffers_only
+
+
+def test_out_of_memory_in_sampling_drops_the_kept_graphs():
+    from caphuman_ext.lifecycle import job
+
+    graphs = ReplayOnCpu(max_graphs=8)
+    graphs.calls["kept"] = _ReplayedClosure(lambda x, t, i: [x], torch.zeros(1), torch.zeros(1), [], 100)
+    generation = Generation([], render=lambda *_: None, graphs=graphs)
+
+    def sample(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    p = SimpleNamespace(sample=sample, extra_generation_params={})
+    job._wrap_sample(p, generation, SimpleNamespace(detach=lambda generation: None), lambda params: "")
+    with pytest.raises(torch.OutOfMemoryError):
+        p.sample()
+    assert not graphs.calls and graphs.drops == ["out of memory in sampling"]  # the webui's retry has the memory
