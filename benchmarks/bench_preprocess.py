@@ -178,11 +178,11 @@ def bench_identity(device: str, iters: int) -> dict:
 
 
 def bench_graphed(device: str, iters: int) -> dict:
-    """The launch-bound networks eager vs replayed as CUDA graphs (`caphuman_ext.graphed_module.GraphedModule`),
+    """The launch-bound networks eager vs replayed as CUDA graphs (`preprocessors.graphed_module.GraphedModule`),
     through the preprocessors' own call sites; max |difference| of the outputs (graphs replay the same kernels)."""
     from PIL import Image
 
-    from caphuman_ext.graphed_module import GraphedModule
+    from preprocessors.graphed_module import GraphedModule
 
     result = {}
     rs = np.random.RandomState(7)
@@ -247,18 +247,139 @@ def bench_graphed(device: str, iters: int) -> dict:
     return result
 
 
+def bench_first_image(device: str, photos: int = 6, profile: str | None = None) -> dict:
+    """One identity + its hint at 512² through the preprocessors' own classes (`IdentityEncoder.encode`, then
+    `HeadPipeline.render`, as `UnitBuilder` calls them), real-size random networks, MTCNN with its shipped weights.
+    `first_call`: the first photo after loading (captures included); `cold`: each later new photo (same size, the
+    caches cold for it), median; `warm`: the same photo again (both caches hit). Graphed (as shipped on CUDA) and
+    eager (`graphed_on_cuda` made a no-op). The photos differ in one pixel: the same detections, new cache keys."""
+    from facenet_pytorch import InceptionResnetV1
+    from facexlib.parsing.bisenet import BiSeNet
+    from PIL import Image
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    import preprocessors.head.pipeline as head_pipeline
+    import preprocessors.identity.encoder as identity_encoder
+    from preprocessors.head.encoder import DecaEncoder
+    from preprocessors.head.flame import Flame
+    from preprocessors.head.renderer import HeadRenderer
+    from preprocessors.head.texture import FlameTexture
+    from preprocessors.identity import facenet as facenet_stage
+    from preprocessors.identity.facenet import load_face_detector
+
+    base = (np.random.RandomState(11).rand(512, 512, 3) * 255).astype(np.uint8)
+
+    def photo(index):
+        array = base.copy()
+        array[0, 0] = [index % 256, index // 256, 7]
+        return Image.fromarray(array)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    result = {}
+    model, landmarks, template, mean, basis = flame_sized_assets()
+    original = (identity_encoder.graphed_on_cuda, head_pipeline.graphed_on_cuda)
+    for mode in ("graphed", "eager"):
+        if mode == "eager":
+            identity_encoder.graphed_on_cuda = head_pipeline.graphed_on_cuda = lambda module, *a, **k: module
+        try:
+            torch.manual_seed(0)
+            encoder = identity_encoder.IdentityEncoder(device=device, dtype=torch.float16 if device == "cuda"
+                                                       else torch.float32)
+            config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                      num_attention_heads=16, image_size=224, patch_size=14,
+                                      hidden_act="quick_gelu")
+            encoder._clip = CLIPVisionModel(config).eval().requires_grad_(False)
+            encoder._parser = BiSeNet(num_class=19).eval().requires_grad_(False)
+            encoder._facenet = InceptionResnetV1(pretrained=None, classify=False).eval().requires_grad_(False)
+            encoder._detector = load_face_detector(device)
+            pipeline = head_pipeline.HeadPipeline(assets=None, device=device)
+            deca = DecaEncoder().eval().requires_grad_(False)
+            with torch.no_grad():  # random weights give a meaningless head: the last layer answers plausible codes
+                g = torch.Generator().manual_seed(0)
+                deca.layers[2].weight.zero_()
+                deca.layers[2].bias.copy_(torch.cat([
+                    0.5 * torch.randn(100, generator=g), 0.3 * torch.randn(50, generator=g),
+                    0.3 * torch.randn(50, generator=g), torch.tensor([0.12, 0.25, 0.05, 0.08, 0.0, 0.0]),
+                    torch.tensor([8.5, 0.01, 0.02]), torch.full((3,), 3.0), 0.3 * torch.randn(24, generator=g)]))
+            pipeline._models = (deca, Flame(model, landmarks),
+                                FlameTexture(mean, basis), HeadRenderer(template))
+            facenet_stage._FACES.clear()
+            samples = []
+            for index in range(photos):
+                image = photo(index + (0 if mode == "graphed" else 1000))
+                sync()
+                start = time.perf_counter()
+                encoder.encode(image, allow_whole_image=True)
+                pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
+                sync()
+                samples.append((time.perf_counter() - start) * 1e3)
+            sync()
+            start = time.perf_counter()
+            for _ in range(10):
+                encoder.encode(image, allow_whole_image=True)
+                pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
+            sync()
+            result[f"{mode}_first_call_ms"] = samples[0]
+            result[f"{mode}_cold_ms"] = statistics.median(samples[2:])
+            result[f"{mode}_cold_samples_ms"] = samples
+            result[f"{mode}_warm_ms"] = (time.perf_counter() - start) * 1e3 / 10
+            result[f"{mode}_faces_found"] = len(facenet_stage._FACES.get(
+                __import__("preprocessors.photo_key", fromlist=["photo_key"]).photo_key(image)) or ())
+            # MTCNN alone on a new photo (the stage graphs do not touch)
+            det = encoder._detector
+            mtcnn = []
+            for index in range(5):
+                image = photo(index + 2000)
+                sync()
+                start = time.perf_counter()
+                facenet_stage.detect_faces(det, image)
+                sync()
+                mtcnn.append((time.perf_counter() - start) * 1e3)
+            result[f"{mode}_mtcnn_ms"] = statistics.median(mtcnn)
+            if profile and mode == "graphed":  # where a new photo's time goes (host side; CUDA syncs show as waits)
+                import cProfile
+                import io
+                import pstats
+
+                profiler = cProfile.Profile()
+                for index in range(3):
+                    image = photo(index + 3000)
+                    profiler.enable()
+                    encoder.encode(image, allow_whole_image=True)
+                    pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
+                    sync()
+                    profiler.disable()
+                text = io.StringIO()
+                stats = pstats.Stats(profiler, stream=text)
+                stats.sort_stats("cumulative").print_stats(45)
+                stats.sort_stats("tottime").print_stats(25)
+                Path(profile).write_text(text.getvalue())
+            encoder = pipeline = None
+        finally:
+            identity_encoder.graphed_on_cuda, head_pipeline.graphed_on_cuda = original
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json")
+    parser.add_argument("--profile", help="write a cProfile of three new photos (graphed) to this file")
+    parser.add_argument("--first-image-only", action="store_true",
+                        help="only the end-to-end first image (identity + hint through the preprocessors)")
     args = parser.parse_args()
     info = {"device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    out = {"info": info, "head": bench_head(args.device, args.iters), "identity": bench_identity(args.device,
-                                                                                                args.iters)}
-    if args.device == "cuda":
-        out["graphed"] = bench_graphed(args.device, args.iters)
+    out = {"info": info, "first_image": bench_first_image(args.device, profile=args.profile)}
+    if not args.first_image_only:
+        out["head"] = bench_head(args.device, args.iters)
+        out["identity"] = bench_identity(args.device, args.iters)
+        if args.device == "cuda":
+            out["graphed"] = bench_graphed(args.device, args.iters)
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

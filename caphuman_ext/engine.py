@@ -15,7 +15,7 @@ engine:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,7 @@ from .rows import RowPlan
 
 FLOAT8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
                                                          "float8_e5m2fnuz") if hasattr(torch, name))
+Prologue = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 _INDEX_CACHE: dict[tuple, torch.Tensor] = {}  # (layout, device) -> gather index, kept: captured graphs read them
 _INDEX_CACHE_SIZE = 64
 
@@ -152,9 +153,16 @@ class ResidualEngine:
         return key
 
     def compute(self, x: torch.Tensor, timesteps: torch.Tensor, unet_dtype: torch.dtype,
-                sources: Sequence[int] | None = None) -> Pending | None:
+                sources: Sequence[int] | None = None, prologue: Prologue | None = None,
+                prologue_key: Hashable = None) -> Pending | None:
         """The residuals for UNet input `x` (B, C, h, w) at `timesteps` (B,), both as the UNet receives them; None
-        when no control acts. sources: row -> image for this call (default: taken from `plan`)."""
+        when no control acts. sources: row -> image for this call (default: taken from `plan`).
+
+        prologue: `x` and `timesteps` are what the host has before it makes the UNet's input (Forge: the noisy latent
+        and sigma), and `prologue(x, timesteps)` makes it, as the host will, inside the captured pass (no autocast:
+        the host computes it without). prologue_key: everything the prologue reads besides its two arguments, hashable
+        and changing whenever that does (it is part of the graph's key); None: the prologue is run outside the
+        graph."""
         active = [control for control in self.controls if control.enabled]
         if not active:
             return None
@@ -165,6 +173,10 @@ class ResidualEngine:
         shared = self._shared_with_earlier_call(sources)
         if shared is not None:
             return Pending(shared, active)
+        if prologue is not None and prologue_key is None:
+            with torch.no_grad():
+                x, timesteps = prologue(x, timesteps)
+            prologue = None
         dtype = compute_dtype(unet_dtype, x.device)
         for control in active:  # CapFace follows the UNet's device and dtype
             if control.capface.device != x.device or control.capface.dtype != dtype:
@@ -178,6 +190,9 @@ class ResidualEngine:
 
         def run(x: torch.Tensor, timesteps: torch.Tensor,
                 inputs: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+            if prologue is not None:
+                with torch.autocast(x.device.type, enabled=False):
+                    x, timesteps = prologue(x, timesteps)
             x_rows = x if reps is None else x.index_select(0, reps)
             t_rows = timesteps if reps is None else timesteps.index_select(0, reps)
             own = None if inputs is None else [list(inputs[bounds[i]:bounds[i + 1]]) for i in range(len(active))]
@@ -199,7 +214,7 @@ class ResidualEngine:
                 key = (tuple(x.shape), x.dtype, timesteps.dtype, x.device, _autocast_state(),
                        torch.is_inference_mode_enabled(), None if reps is None else tuple(sources),
                        tuple(control.graph_key(self._weights_of(control.capface)) for control in active),
-                       tuple((tuple(t.shape), t.dtype) for t in inputs))
+                       tuple((tuple(t.shape), t.dtype) for t in inputs), prologue_key)
                 return self.graphs.run(key, run, x, timesteps, inputs)
 
             ready = None

@@ -475,3 +475,53 @@ def test_forge_path_acts_in_the_passes_the_unit_is_set_to(unet, capfaces):
                 out = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], None)[0]
             assert (not torch.equal(out, plain)) == expected, (passes, hires)
         job.end(p, HOST)
+
+
+def test_forge_unet_input_is_made_in_the_captured_pass_and_follows_the_schedule(unet, capfaces):
+    """The UNet's input and timesteps (Forge's `calculate_input` / `timestep` of sigma) are made inside the captured
+    CapFace pass: a graph is captured anew when the schedule's tensors change (in place or replaced), and each
+    result equals the A1111 hook's with the input made outside, bit for bit."""
+    from tests.test_graph_reuse import ReplayOnCpu
+
+    graphs = ReplayOnCpu(max_graphs=8)
+    x, text, uncond = latent_inputs()
+    model = FakeModel(unet)
+    sampling = model.forge_objects.unet.model.model_sampling
+    captures = []
+    for change in ("none", "same again", "in place", "replaced"):
+        if change == "in place":
+            sampling.log_sigmas.mul_(1.0001)
+        elif change == "replaced":
+            sampling.log_sigmas = sampling.log_sigmas.clone() - 0.01
+        sigma = sampling.sigma(torch.tensor([700, 700]))
+        forge_generation, a1111_generation = make_generation(capfaces), make_generation(capfaces)
+        forge_generation.graphs = forge_generation.engine.graphs = graphs
+        forge_generation.prepare_pass(full_frame(LATENT), LATENT, adopt=HOST.adopt)
+        HOST.attach(forge_generation, model)
+        with torch.no_grad():
+            cond_out, uncond_out = calc_cond_uncond(model.forge_objects.unet, x, sigma, [text], uncond)
+        forge_generation.close()
+        model.reset()
+        xc = torch.cat([sampling.calculate_input(sigma, x)] * 2)
+        timesteps = torch.cat([sampling.timestep(sigma)] * 2).float()
+        a1111_generation.prepare_pass(full_frame(LATENT), LATENT)
+        a1111_generation.engine.plan = RowPlan.fixed([0, 1, 0, 1])
+        with torch.no_grad(), UNetHook(unet, a1111_generation.engine):
+            hooked = unet(xc, timesteps, context=torch.cat([text, uncond]))
+        a1111_generation.close()
+        assert torch.equal(torch.cat([cond_out, uncond_out]), hooked), change
+        captures.append(graphs.captures)
+    assert captures == [1, 1, 2, 3]
+
+
+def test_sampling_key_vouches_only_for_tensors_and_plain_values():
+    sampling = DiscreteEps()
+    key = forge.sampling_key(sampling)
+    assert key is not None and key[0] is sampling and forge.sampling_key(sampling) == key
+    sampling.log_sigmas.add_(0.0)  # modified in place: another key
+    assert forge.sampling_key(sampling) != key
+    sampling.schedule = object()  # something it cannot vouch for: the input is made outside the graph
+    assert forge.sampling_key(sampling) is None
+    with torch.inference_mode():
+        inference = DiscreteEps()
+    assert forge.sampling_key(inference) is None

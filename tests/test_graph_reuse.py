@@ -21,23 +21,37 @@ from caphuman_ext.rows import RowPlan, cfg_rows
 from tests.core_helpers import random_capface, tiny_unet
 
 
-class ReplayOnCpu(GraphCache):
-    """GraphCache whose "graphs" are the first call's closure run on static buffers (CPU stand-in for capture)."""
+class _ReplayedClosure:
+    """A stand-in `CapturedCall`: the `compute` closure of its capture, run on static buffers it owns."""
 
-    def run(self, key, compute, x, timesteps, inputs=()):
-        call = self.calls.get(key)
-        if call is None:
-            call = object.__new__(CapturedCall)
-            call.x, call.timesteps = x.clone(), timesteps.clone()
-            call.inputs = [tensor.clone() for tensor in inputs]
-            call._sources, call._versions = list(inputs), [version_of(tensor) for tensor in inputs]
-            call.compute = compute
-            self.calls[key] = call
-            self.captures += 1
-        call.load(inputs)
-        call.x.copy_(x)
-        call.timesteps.copy_(timesteps)
-        return call.compute(call.x, call.timesteps, call.inputs)
+    def __init__(self, compute, x, timesteps, inputs, nbytes: int) -> None:
+        self.x, self.timesteps = x.clone(), timesteps.clone()
+        self.inputs = [tensor.clone() for tensor in inputs]
+        self._sources, self._versions = list(inputs), [version_of(tensor) for tensor in inputs]
+        self.compute, self.nbytes = compute, nbytes
+
+    load = CapturedCall.load
+    release_sources = CapturedCall.release_sources
+
+    def __call__(self, x, timesteps, inputs=()):
+        self.load(inputs)
+        self.x.copy_(x)
+        self.timesteps.copy_(timesteps)
+        return self.compute(self.x, self.timesteps, self.inputs)
+
+
+class ReplayOnCpu(GraphCache):
+    """GraphCache whose "graphs" are the first call's closure run on static buffers (CPU stand-in for capture); the
+    cache's own bookkeeping (keys, budget, drops, out-of-memory retry) is the real one. Each stand-in holds
+    `graph_bytes`."""
+
+    graph_bytes = 100
+
+    def can_capture(self, x):
+        return True
+
+    def capture(self, compute, x, timesteps, inputs):
+        return _ReplayedClosure(compute, x, timesteps, inputs, self.graph_bytes)
 
 
 def scene(device: str):
@@ -52,7 +66,7 @@ def scene(device: str):
     return unet, capface, text, people, hints
 
 
-def one_generation(unet, capface, text, person, hint, strength, graphs, latent):
+def one_generation(unet, capface, text, person, hint, strength, graphs, latent, check=True):
     """A generation through the Generation API (two steps); returns the UNet outputs of its steps."""
     clip, face = person
     with torch.no_grad():
@@ -72,6 +86,8 @@ def one_generation(unet, capface, text, person, hint, strength, graphs, latent):
     hook.detach()
     generation.close()
     expected = []
+    if not check:
+        return outs, expected
     control = CapFaceControl(capface, hint=hint, context=context, strength=strength)
     with torch.no_grad(), hook_unet(unet, [control], rows=RowPlan.fixed([0, 0]), cuda_graphs=False):
         for t in (900.0, 300.0):
@@ -117,6 +133,115 @@ def test_kept_graphs_never_serve_stale_inputs_cpu():
     assert captures == [1, 1, 1, 1, 2, 3, 3, 4]
 
 
+class DropsMidSampling(ReplayOnCpu):
+    """Memory pressure at its worst: every `every`-th UNet call drops all kept graphs first (between the steps of a
+    sampling, not only between generations)."""
+
+    def __init__(self, every: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.every, self.calls_seen = every, 0
+
+    def run(self, key, compute, x, timesteps, inputs=()):
+        self.calls_seen += 1
+        if self.calls_seen % self.every == 0:
+            self.drop("test: memory pressure")
+        return super().run(key, compute, x, timesteps, inputs)
+
+
+def pictures(graphs: GraphCache) -> list[torch.Tensor]:
+    """The UNet outputs of a sequence of generations (photo, hint, strength and size changing) through `graphs`."""
+    unet, capface, text, people, hints = scene("cpu")
+    g = torch.Generator().manual_seed(1)
+    latents = {size: torch.randn(1, 4, size // 8, size // 8, generator=g).repeat(2, 1, 1, 1)
+               for size in (64, 128)}
+    outs = []
+    for person, hint, strength, size in ((0, 0, 1.0, 64), (1, 1, 0.6, 128), (1, 0, 1.0, 64), (0, 1, 0.6, 128)):
+        outs += one_generation(unet, capface, text, people[person], hints[size][hint], strength, graphs,
+                               latents[size], check=False)[0]
+    return outs
+
+
+def test_dropped_graphs_never_serve_stale_pictures_cpu():
+    kept = ReplayOnCpu(max_graphs=8, max_bytes=10**9)
+    reference = pictures(kept)
+    assert kept.captures == 2 and not kept.drops  # everything kept: later generations replay
+    budget = ReplayOnCpu(max_graphs=8, max_bytes=150)  # room for one graph of 100 bytes: each new key evicts
+    mid = DropsMidSampling(every=3, max_graphs=8, max_bytes=10**9)
+    for graphs in (budget, mid):
+        got = pictures(graphs)
+        assert graphs.drops and graphs.captures > kept.captures  # it did drop, and captured again
+        assert graphs.kept_bytes <= max(graphs.max_bytes, ReplayOnCpu.graph_bytes)
+        for a, b in zip(got, reference, strict=True):
+            assert torch.equal(a, b), f"a picture changed after a drop ({graphs.drops})"
+
+
+class OutOfMemoryOnCapture(ReplayOnCpu):
+    def __init__(self, failures: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.failures = failures
+
+    def capture(self, compute, x, timesteps, inputs):
+        if self.failures:
+            self.failures -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().capture(compute, x, timesteps, inputs)
+
+
+def test_out_of_memory_while_capturing_drops_kept_graphs_and_retries():
+    reference = pictures(ReplayOnCpu(max_graphs=8))
+    once = OutOfMemoryOnCapture(failures=0, max_graphs=8)
+    pictures(once)  # graphs kept
+    once.failures = 1  # the next capture runs short once: the kept graphs go, the capture is retried
+    always = OutOfMemoryOnCapture(failures=10**6, max_graphs=8)  # never enough memory: eager, never disabled
+    for graphs in (once, always):
+        got = pictures(graphs)
+        assert graphs.disabled_reason is None
+        for a, b in zip(got, reference, strict=True):
+            assert torch.equal(a, b)
+    assert "out of memory while capturing" in once.drops and once.captures > 2
+    assert always.captures == 0 and not always.calls
+
+
+def test_graph_budget_follows_the_card_and_the_low_vram_flags():
+    from caphuman_ext.graphs import GB, graph_budget
+
+    assert graph_budget(8 * GB) == GB and graph_budget(8 * GB, low_vram=True) == GB // 4
+    assert graph_budget(6 * GB) < graph_budget(12 * GB) < graph_budget(24 * GB)
+    assert GraphCache(max_bytes=5).budget(torch.zeros(1)) == 5
+
+
+def test_generation_tells_the_shared_graphs_about_offloading():
+    from caphuman_ext.graphs import shared_graphs
+
+    unit = PreparedUnit(SimpleNamespace(strength=1.0), random_capface(seed=2), torch.zeros(1, 258, 64))
+    before = shared_graphs().low_vram
+    try:
+        Generation([unit], render=lambda *_: None, offload=True)
+        assert shared_graphs().low_vram
+        Generation.failed("no units: leaves it alone")
+        assert shared_graphs().low_vram
+        Generation([unit], render=lambda *_: None, offload=False)
+        assert not shared_graphs().low_vram
+    finally:
+        shared_graphs().low_vram = before
+
+
+def test_graphed_module_wraps_on_cuda_only_and_keeps_graphs_when_nothing_moves():
+    from preprocessors.graphed_module import GraphedModule, graphed_on_cuda
+
+    net = torch.nn.Linear(3, 2)
+    assert graphed_on_cuda(net, "cpu") is net  # the CPU runs the module itself: results unchanged
+    wrapped = graphed_on_cuda(net, "cuda")  # made without touching a GPU
+    assert isinstance(wrapped, GraphedModule) and graphed_on_cuda(wrapped, "cuda") is wrapped
+    x = torch.rand(4, 3)
+    assert torch.equal(wrapped(x), net(x))  # CPU inputs: eager
+    wrapped._graphs["shape"] = "a graph"
+    wrapped.to("cpu")  # already there: the preprocessors call `.to(device)` before every use
+    assert wrapped._graphs
+    wrapped.to(torch.float64)
+    assert not wrapped._graphs
+
+
 def test_load_copies_new_and_modified_inputs_only():
     call = object.__new__(CapturedCall)
     first = torch.zeros(3)
@@ -140,7 +265,7 @@ def test_kept_graphs_never_serve_stale_inputs_cuda():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_module_equals_eager_and_hands_out_copies():
-    from caphuman_ext.graphed_module import GraphedModule
+    from preprocessors.graphed_module import GraphedModule
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 4, 1)).cuda()
@@ -154,3 +279,42 @@ def test_graphed_module_equals_eager_and_hands_out_copies():
         graphed.to(torch.float64).to(torch.float32)  # weights moved: graphs dropped, results still right
         assert not graphed._graphs
         assert torch.equal(graphed(a), net(a))
+        with torch.inference_mode():  # captured apart: a graph of inference tensors cannot serve outside it
+            assert torch.equal(graphed(a), net(a))
+        assert len(graphed._graphs) == 2 and torch.equal(graphed(b), net(b))
+        parser = GraphedModule(net, capture_after=2, max_input_numel=3 * 32 * 32)
+        assert torch.equal(parser(a), net(a)) and not parser._graphs  # a size seen once: eager
+        assert torch.equal(parser(b), net(b)) and len(parser._graphs) == 1  # seen twice: captured
+        big = torch.rand(1, 3, 64, 64, device="cuda")
+        assert torch.equal(parser(big), net(big)) and torch.equal(parser(big), net(big)) and len(parser._graphs) == 1
+
+
+def test_place_moves_a_module_only_when_it_is_elsewhere():
+    from preprocessors.graphed_module import place
+
+    net, moves = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)), []
+    original = net.to
+    net.to = lambda *args, **kwargs: moves.append(args) or original(*args, **kwargs)
+    assert place(net, "cpu") is net and not moves  # already there: no walk over every tensor
+    place(net, "cpu", torch.float64)
+    assert moves and next(net.parameters()).dtype == torch.float64 and net[1].running_mean.dtype == torch.float64
+    buffers_only = torch.nn.Module()
+    buffers_only.register_buffer("table", torch.zeros(2))
+    assert place(buffers_only, "cpu") is buffers_only
+
+
+def test_out_of_memory_in_sampling_drops_the_kept_graphs():
+    from caphuman_ext.lifecycle import job
+
+    graphs = ReplayOnCpu(max_graphs=8)
+    graphs.calls["kept"] = _ReplayedClosure(lambda x, t, i: [x], torch.zeros(1), torch.zeros(1), [], 100)
+    generation = Generation([], render=lambda *_: None, graphs=graphs)
+
+    def sample(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    p = SimpleNamespace(sample=sample, extra_generation_params={})
+    job._wrap_sample(p, generation, SimpleNamespace(detach=lambda generation: None), lambda params: "")
+    with pytest.raises(torch.OutOfMemoryError):
+        p.sample()
+    assert not graphs.calls and graphs.drops == ["out of memory in sampling"]  # the webui's retry has the memory

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..engine import Pending
+from ..graphs import version_of
 from ..lifecycle.generation import CapHumanError, Generation
 from ..lifecycle.job import message
 from ..rows import RowPlan
@@ -172,11 +173,11 @@ class CapHumanControl:
         if sampling is None:
             raise CapHumanError("CapHuman: Forge did not give the control its model (pre_run was not called)")
         try:
-            x = sampling.calculate_input(t, x_noisy)
-            timesteps = sampling.timestep(t).float()
-            rows = x.shape[0]
+            rows = x_noisy.shape[0]
             sources = RowPlan.chunks(rows // batched_number).take(rows) if 0 < batched_number <= rows else None
-            pending = generation.engine.compute(x, timesteps, self.unet_dtype or x.dtype, sources)
+            # the UNet's input and timesteps as Forge's apply_model makes them, made inside the captured pass
+            pending = generation.engine.compute(x_noisy, t, self.unet_dtype or x_noisy.dtype, sources,
+                                                prologue=_UNetInput(sampling), prologue_key=sampling_key(sampling))
         except CapHumanError:
             raise
         except Exception as error:  # noqa: BLE001 - shown to the user instead of a stack trace from inside Forge
@@ -190,6 +191,39 @@ class CapHumanControl:
             pending.wait()
         pending.delivered()
         return merge_controls(as_control(pending.residuals), previous)
+
+
+class _UNetInput:
+    """(noisy latent, sigma) -> (UNet input, timesteps) as Forge's `apply_model` computes them."""
+
+    def __init__(self, sampling) -> None:
+        self.sampling = sampling
+
+    def __call__(self, x_noisy: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sampling.calculate_input(sigma, x_noisy), self.sampling.timestep(sigma).float()
+
+
+def sampling_key(sampling) -> tuple | None:
+    """What a captured `_UNetInput(sampling)` has baked in: the object (held, so that its id is never reused while
+    a graph keeps it) and each of its tensors' address, dtype, shape and version, and its plain values. None when
+    something cannot be vouched for (an attribute of another kind, a tensor without a version counter): then the
+    input is computed outside the graph, as Forge does."""
+    attributes = {k: v for k, v in vars(sampling).items() if not k.startswith("_")}
+    if isinstance(sampling, nn.Module):
+        attributes.update(sampling.named_buffers())
+        attributes.update(sampling.named_parameters())
+    parts = []
+    for name, value in sorted(attributes.items()):
+        if isinstance(value, torch.Tensor):
+            version = version_of(value)
+            if not isinstance(version, int):
+                return None
+            parts.append((name, value.data_ptr(), value.device, value.dtype, tuple(value.shape), version))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            parts.append((name, value))
+        else:
+            return None
+    return (sampling, tuple(parts))
 
 
 class _FailingControl(CapHumanControl):

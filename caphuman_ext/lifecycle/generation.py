@@ -70,6 +70,8 @@ class Generation:
         self.offload = offload
         # captured CapFace passes: kept across generations (a graph copies in each generation's hint and context)
         self.graphs = graphs if graphs is not None else shared_graphs()
+        if graphs is None and self.units:  # what the kept graphs may hold: the card's share, smaller with the low-VRAM flags
+            self.graphs.low_vram = offload
         self.error: str | None = None
         self.stopped: str | None = None  # why the units stopped acting mid-job (shown in the infotext)
         self.closed = False

@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from ..compatibility import IncompatibleUNetError, check_compatible
+from ..graphs import is_out_of_memory
 from ..unit.infotext import NOTE_KEY, infotext_key, to_infotext
 from ..unit.params import UnitParams, UnitValidationError, units_from_args
 from .detail import DETAIL_KEY, describe_details, detail_render
@@ -229,6 +230,10 @@ def _wrap_sample(p, generation: Generation, host: Host, describe: Callable[[Unit
             if active is not None:
                 active.sampled = True
             return samples
+        except BaseException as error:
+            if is_out_of_memory(error):  # the card is short: what CapHuman keeps goes before the webui's retry
+                generation.graphs.drop("out of memory in sampling")
+            raise
         finally:
             host.detach(generation)
             generation.end_sampling()

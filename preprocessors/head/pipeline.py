@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from safe_files.rng_guard import rng_untouched
 
 from ..cache import MB, ByteLRU
+from ..graphed_module import graphed_on_cuda, place
 from ..identity.image_io import load_image
 from ..photo_key import photo_key
 from .assets import HeadAssets
@@ -29,7 +30,7 @@ from .codes import DEFAULT_MODES, apply_manual, mix_codes
 from .crop import box_from_landmarks, crop_face
 from .decode import decode
 from .detect import face_region, to_square
-from .encoder import DecaEncoder
+from .encoder import DecaEncoder, split_codes
 from .flame import Flame
 from .frames import SquareFrame, letterbox, place_photo, square_to_canvas
 from .mesh import load_obj
@@ -116,8 +117,11 @@ class HeadPipeline:
                                 Flame.from_files(self.assets.flame_model, self.assets.landmark_embedding),
                                 FlameTexture.from_file(self.assets.flame_texture),
                                 HeadRenderer(load_obj(self.assets.head_template)))
+        encoder = graphed_on_cuda(self._models[0], self.device)  # on CUDA its forward replays a captured graph
+        if encoder is not self._models[0]:
+            self._models = (encoder, *self._models[1:])
         for model in self._models:
-            model.to(self.device)
+            place(model, self.device)
         return self._models
 
     def offload(self) -> None:
@@ -152,7 +156,7 @@ class HeadPipeline:
         crop = crop_face(square, region)
         encoder = self.models()[0]
         with torch.no_grad():
-            codes = encoder.encode(crop.image[None].to(self.device))
+            codes = split_codes(encoder(crop.image[None].to(self.device)))  # `DecaEncoder.encode`, graph or not
         codes = {k: v.detach() for k, v in codes.items()}
         codes["tform"] = inverse_tform(crop.tform).to(self.device)
         return self.cache.put(key, PhotoCodes(codes, frame, method, face_box))

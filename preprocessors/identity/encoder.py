@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..cache import MB, ByteLRU
+from ..graphed_module import graphed_on_cuda, place
 from ..photo_key import photo_key
 from . import weights
 from .clip_files import ClipSearch, locate_clip_vision, read_clip_vision
@@ -116,13 +117,18 @@ class IdentityEncoder:
             self._facenet = load_facenet(self._file(self.paths.facenet, weights.FACENET_VGGFACE2))
         if self._detector is None:
             self._detector = load_face_detector(self.device)
-        self._detector.to(self.device)
+        place(self._detector, self.device)
         self._detector.device = self.device
         if self._clip is None:
             self._clip = build_clip_vision(self._clip_state())
+        # on CUDA the networks replay captured graphs (one image at a time: eager, their time is launch time); the
+        # parser's input follows the photo's size: captured from a size's second photo on, up to 1024² (its pool)
+        self._parser = graphed_on_cuda(self._parser, self.device, capture_after=2, max_input_numel=3 * 1024 * 1024)
+        self._facenet = graphed_on_cuda(self._facenet, self.device)
+        self._clip = graphed_on_cuda(self._clip, self.device)
         for model in (self._parser, self._facenet):
-            model.to(self.device)
-        self._clip.to(self.device, self.dtype)
+            place(model, self.device)
+        place(self._clip, self.device, self.dtype)
         return self._parser, self._detector, self._facenet, self._clip
 
     def offload(self) -> None:

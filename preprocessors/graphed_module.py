@@ -20,23 +20,42 @@ class GraphedModule(nn.Module):
 
     Eager where a graph cannot serve: inputs not all on CUDA, grad enabled, a capture under way, or a capture that
     failed once (then for good). Moving the module (`.to`, `.cpu`, `.half`) drops its graphs: they read the weights
-    where they were.
+    where they were; a `.to` that moves nothing (the device and dtype it already has) keeps them.
+
+    capture_after: a shape is captured the n-th time it is seen (1: at once); before, it runs eager. For inputs whose
+    shape follows the photo (face parsing), so that a photo size seen once does not pay a capture.
+    max_input_numel: inputs with more elements than this always run eager (a graph's pool holds the activations of
+    its shape: a large photo's would stay on the GPU).
     """
 
-    def __init__(self, module: nn.Module, max_shapes: int = 4, warmup: int = 2) -> None:
+    def __init__(self, module: nn.Module, max_shapes: int = 4, warmup: int = 2, capture_after: int = 1,
+                 max_input_numel: int | None = None) -> None:
         super().__init__()
         self.module = module
         self.max_shapes = max_shapes
         self.warmup = warmup
+        self.capture_after = capture_after
+        self.max_input_numel = max_input_numel
         self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+        self._seen: OrderedDict[tuple, int] = OrderedDict()
         self.disabled_reason: str | None = None
 
+    def _storage(self) -> list[tuple]:
+        return [(t.data_ptr(), t.dtype, t.device) for t in (*self.module.parameters(), *self.module.buffers())]
+
     def _apply(self, fn, *args, **kwargs):
+        before = self._storage()
+        result = super()._apply(fn, *args, **kwargs)
+        if self._storage() != before:  # something moved or was cast: the graphs read the old weights
+            self._graphs.clear()
+        return result
+
+    def release(self) -> None:
+        """Drop the captured graphs and their memory (the next call of a shape captures again)."""
         self._graphs.clear()
-        return super()._apply(fn, *args, **kwargs)
 
     def _key(self, flat: list, spec) -> tuple | None:
-        parts = []
+        parts: list = [torch.is_inference_mode_enabled()]  # a graph captured in it holds inference tensors
         for leaf in flat:
             if isinstance(leaf, torch.Tensor):
                 if not leaf.is_cuda:
@@ -80,8 +99,20 @@ class GraphedModule(nn.Module):
             return self.module(*args, **kwargs)
         entry = self._graphs.get(key)
         if entry is None:
+            if self.max_input_numel is not None and any(
+                    isinstance(leaf, torch.Tensor) and leaf.numel() > self.max_input_numel for leaf in flat):
+                return self.module(*args, **kwargs)
+            seen = self._seen[key] = self._seen.get(key, 0) + 1
+            self._seen.move_to_end(key)
+            while len(self._seen) > 64:
+                self._seen.popitem(last=False)
+            if seen < self.capture_after:
+                return self.module(*args, **kwargs)
             try:
                 entry = self._capture(flat, spec)
+            except torch.OutOfMemoryError:  # short of memory now, not unable: eager this time, no graph kept
+                self._graphs.clear()
+                return self.module(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - any capture failure means: stay eager
                 self.disabled_reason = f"{type(error).__name__}: {error}"
                 self._graphs.clear()
@@ -99,3 +130,30 @@ class GraphedModule(nn.Module):
         # the outputs live in the graph's pool and the next replay overwrites them: hand out copies
         return tree_unflatten([leaf.clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in out_flat],
                               out_spec)
+
+
+def graphed_on_cuda(module: nn.Module, device: torch.device | str, **options) -> nn.Module:
+    """`module` wrapped in a `GraphedModule` when it runs on CUDA (already wrapped: as is); on any other device the
+    module itself, untouched (its results stay those of the eager module, bit for bit)."""
+    if isinstance(module, GraphedModule) or torch.device(device).type != "cuda":
+        return module
+    return GraphedModule(module, **options)
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    return have.type == want.type and (want.index is None or have.index is None or have.index == want.index
+                                       or want.type != "cuda")
+
+
+def place(module: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
+    """`module.to(device, dtype)` only when its first tensor is elsewhere: `.to` walks every parameter and buffer
+    (thousands for CLIP ViT-L, ResNet-50, Inception-ResNet), which the preprocessors paid on every photo."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    first = next(iter(module.parameters()), None)
+    if first is None:
+        first = next(iter(module.buffers()), None)
+    if first is None or not _same_device(first.device, device) or (dtype is not None and first.dtype != dtype):
+        module.to(device, dtype) if dtype is not None else module.to(device)
+    return module
