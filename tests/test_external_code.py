@@ -9,9 +9,7 @@ from caphuman_ext import external_code
 from caphuman_ext.lifecycle.heads import mask_box
 from caphuman_ext.unit.params import FIELD_ORDER, UnitParams
 from tests import webui_sim
-from tests.head_fixtures import deca_assets  # noqa: F401
 from tests.steerable import hint_coverage
-from tests.test_identity import synthetic  # noqa: F401
 from tests.test_lifecycle import STEERABLE, changed, generate, unit, webui  # noqa: F401
 
 

@@ -10,8 +10,6 @@ from PIL import Image
 
 from caphuman_ext import external_code
 from tests import webui_sim
-from tests.head_fixtures import deca_assets  # noqa: F401
-from tests.test_identity import synthetic  # noqa: F401
 from tests.test_lifecycle import STEERABLE, generate, unit, webui  # noqa: F401
 
 SIZE = 256
