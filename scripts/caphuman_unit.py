@@ -269,6 +269,8 @@ class Script(scripts.Script):
             _pasted(params, index) or PastedUnit()).message or "")))
 
     def process(self, p, *args):
+        if job.copy_of_a_running_job(p):  # ADetailer sets scripts up again on a copy of the job: not a job
+            return
         device = devices.device
         job.start(p, args, host, prepare=lambda unit, position: builder().prepare(unit, device, position),
                   render=_render, offload=_offload(), describe=_infotext,
@@ -312,7 +314,7 @@ class Script(scripts.Script):
 
     def postprocess(self, p, processed, *args):
         generation = job.generation_of(p)
-        if generation is not None:
+        if generation is not None and not job.copy_of_a_running_job(p):  # ADetailer calls it on a copy first
             for overlay in generation.extras:
                 processed.images.append(overlay)
                 if hasattr(processed, "infotexts"):
