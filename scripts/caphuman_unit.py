@@ -45,6 +45,8 @@ class Script(scripts.Script):
                              self.infotext_fields)
 
     def process(self, p, *args):
+        if job.copy_of_a_running_job(p):  # ADetailer sets scripts up again on a copy of the job: not a job
+            return
         services.refresh()  # the settings, once per job
         job.start(p, args, host, services, task=getattr(shared.state, "time_start", None))  # set by state.begin()
         if job.generation_of(p) is not None:
@@ -86,7 +88,7 @@ class Script(scripts.Script):
 
     def postprocess(self, p, processed, *args):
         generation = job.generation_of(p)
-        if generation is not None:
+        if generation is not None and not job.copy_of_a_running_job(p):  # ADetailer calls it on a copy first
             for overlay in generation.extras:
                 processed.images.append(overlay)
                 if hasattr(processed, "infotexts"):

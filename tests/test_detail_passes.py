@@ -1,10 +1,13 @@
 """Detail passes of other extensions (ADetailer's face inpaint) with CapHuman units, per unit `detail_passes`, on the
 A1111 call sequence (tests/webui_sim.py): the pass is an img2img inpaint "only masked" job run from the image's
 postprocess with the job's script arguments copied, as ADetailer v25.3.0 builds it (`get_i2i_p`: a shallow copy of
-each script argument, the script runner filtered by its "Script names to apply" setting, `_ad_inner` set)."""
+each script argument, the script runner filtered by its "Script names to apply" setting, `_ad_inner` set) and as its
+`postprocess_image` surrounds it: every script's `postprocess` on a copy of the job before the pass (to undo
+ControlNet's hijack), `before_process` and `process` on another copy after it (to set them up for the next image)."""
 
 from __future__ import annotations
 
+import types
 from copy import copy
 
 import pytest
@@ -27,6 +30,9 @@ def detail_pass(listed: bool, face: tuple[int, int, int, int] = FACE):
     def run(p, latent):
         from modules import processing
 
+        for script in p.scripts.alwayson_scripts:  # ADetailer: p.scripts.postprocess(copy(p), dummy)
+            script.postprocess(copy(p), types.SimpleNamespace(images=[], infotexts=[]),
+                               *p.script_args[script.args_from:script.args_to])
         picture = webui_sim.latent_picture(latent)
         mask = Image.new("L", picture.size, 0)
         ImageDraw.Draw(mask).rectangle((face[0], face[1], face[2] - 1, face[3] - 1), fill=255)
@@ -39,7 +45,11 @@ def detail_pass(listed: bool, face: tuple[int, int, int, int] = FACE):
         i2i.scripts, i2i.script_args = runner, tuple(copy(a) for a in p.script_args)
         i2i._ad_disabled = i2i._ad_inner = True
         run.jobs.append(i2i)
-        return processing.process_images(i2i).images[0]
+        result = processing.process_images(i2i).images[0]
+        again = copy(p)  # ADetailer: p.scripts.before_process(copy_p); p.scripts.process(copy_p)
+        for script in p.scripts.alwayson_scripts:
+            script.process(again, *p.script_args[script.args_from:script.args_to])
+        return result
 
     run.jobs = []
     return run

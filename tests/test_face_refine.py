@@ -101,3 +101,15 @@ def test_two_units_each_head_is_refined_with_its_own_identity(webui, refine_jobs
     assert torch.equal(qp[:, regions[1]], pp[:, regions[1]])  # right: P in both
     assert not torch.equal(pq[:, regions[1]], qp[:, regions[1]])  # right: Q, then P
     assert [job.caphuman_refine.position for job in refine_jobs[-6:]] == [0, 1] * 3
+
+
+def test_the_refine_pass_copies_no_function_of_the_job_into_its_infotext(webui, refine_jobs):  # noqa: F811
+    """A1111's hires job keeps functions of the job among its infotext entries ("Hires prompt" reads
+    `p.all_hr_prompts`, which an img2img job has not): copied into the refine pass they raise when its infotext is
+    made ("Error creating infotext" in the console at every hires refine). Values are copied, functions are not."""
+    head = unit(webui, model=STEERABLE, center_x=0.4, center_y=0.4, scale=0.3)
+    entries = {"Hires prompt": lambda p, index: p.all_hr_prompts[index], "Hires upscale": 1.5}
+    pictures(webui, [{**head, **REFINE}], extra_generation_params=dict(entries))
+    assert len(refine_jobs) == 1
+    copied = refine_jobs[0].extra_generation_params
+    assert not any(callable(value) for value in copied.values()) and copied["Hires upscale"] == 1.5

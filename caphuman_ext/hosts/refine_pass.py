@@ -45,7 +45,9 @@ def refine(p, image, plan: RefinePlan):
         subseed=_pick(getattr(p, "all_subseeds", None), index, getattr(p, "subseed", -1)),
         subseed_strength=getattr(p, "subseed_strength", 0), steps=p.steps, cfg_scale=p.cfg_scale,
         batch_size=1, n_iter=1, do_not_save_samples=True, do_not_save_grid=True,
-        extra_generation_params=dict(getattr(p, "extra_generation_params", {}) or {}))
+        # values only: A1111's hires job keeps functions of the job there ("Hires prompt" reads p.all_hr_prompts)
+        extra_generation_params={key: value for key, value in (getattr(p, "extra_generation_params", {}) or {}).items()
+                                 if not callable(value)})
     for name in ("sampler_name", "scheduler", "styles", "override_settings", "outpath_samples", "outpath_grids"):
         if getattr(p, name, None) is not None:
             fields[name] = getattr(p, name)

@@ -57,6 +57,15 @@ def outer_job(p, task) -> ActiveJob | None:
     return next((job for job in reversed(_ACTIVE) if job.p is not p and job.sampled), None)
 
 
+def copy_of_a_running_job(p) -> bool:
+    """`p` is a shallow copy of a running CapHuman job: it carries that job's generation but is not its `p`.
+    ADetailer's `postprocess_image` calls every script's `postprocess` on such a copy before its detail pass (to
+    undo ControlNet's hijack) and `before_process` + `process` on another after it (to set scripts up for the
+    next image); neither is a job of CapHuman's, and neither may end or replace the running one."""
+    generation = generation_of(p)
+    return generation is not None and any(job.generation is generation and job.p is not p for job in _ACTIVE)
+
+
 def message(error: Exception) -> str:
     text = str(error) or type(error).__name__
     return text if text.startswith("CapHuman") else f"CapHuman: {text}"
@@ -163,7 +172,10 @@ def start(p, args: Sequence, host: Host, services: JobServices, task: object = N
     that has sampled is a detail pass of another extension (lifecycle/detail.py): its units act per their
     `detail_passes`, with the outer job's X/Y/Z overrides, and what they did goes into the outer job's infotext.
     A face refine pass (`p.caphuman_refine`, a RefinePlan) runs that plan's unit only, in its every pass, with the
-    first pass's head cut to the crop and no pose-only steps."""
+    first pass's head cut to the crop and no pose-only steps. A copy of a running job (`copy_of_a_running_job`) is
+    left as it is: None."""
+    if copy_of_a_running_job(p):
+        return None
     end(p, host)
     render, describe = services.render, services.describe
     outer = outer_job(p, task)
@@ -315,7 +327,10 @@ def on_step(params, host: Host) -> None:
 
 
 def end(p, host: Host) -> None:
-    """`postprocess` (and the start of the next job on the same `p`): nothing of this job stays."""
+    """`postprocess` (and the start of the next job on the same `p`): nothing of this job stays. A copy of a running
+    job ends nothing."""
+    if copy_of_a_running_job(p):
+        return
     generation = generation_of(p)
     _ACTIVE[:] = [job for job in _ACTIVE if job.p is not p]
     if generation is not None:
@@ -324,5 +339,6 @@ def end(p, host: Host) -> None:
         setattr(p, ATTRIBUTE, None)
 
 
-__all__ = ["ATTRIBUTE", "ActiveJob", "CapHumanError", "PlainServices", "JobServices", "before_sampling", "compatibility_problem", "end", "generation_of",
-           "is_hires_pass", "message", "on_step", "outer_job", "pass_frame", "refine_passes", "start", "step_progress"]
+__all__ = ["ATTRIBUTE", "ActiveJob", "CapHumanError", "JobServices", "PlainServices", "before_sampling",
+           "compatibility_problem", "copy_of_a_running_job", "end", "generation_of", "is_hires_pass", "message",
+           "on_step", "outer_job", "pass_frame", "refine_passes", "start", "step_progress"]

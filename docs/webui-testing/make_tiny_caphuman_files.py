@@ -19,8 +19,9 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, ".")
 from caphuman_ext import CapFaceConfig  # noqa: E402
-from tests.conftest import run_shared_generator, shared_dir  # noqa: E402
+from tests.conftest import shared_dir  # noqa: E402
 from tests.core_helpers import TINY_UNET, random_capface  # noqa: E402
+from tests.generated_data import run_shared_generator  # noqa: E402
 from tests.test_identity import tiny_clip_state  # noqa: E402
 
 SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=2,
