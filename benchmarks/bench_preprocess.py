@@ -251,8 +251,8 @@ def bench_first_image(device: str, photos: int = 6, profile: str | None = None) 
     """One identity + its hint at 512² through the preprocessors' own classes (`IdentityEncoder.encode`, then
     `HeadPipeline.render`, as `UnitBuilder` calls them), real-size random networks, MTCNN with its shipped weights.
     `first_call`: the first photo after loading (captures included); `cold`: each later new photo (same size, the
-    caches cold for it), median; `warm`: the same photo again (both caches hit). Graphed (as shipped on CUDA) and
-    eager (`graphed_on_cuda` made a no-op). The photos differ in one pixel: the same detections, new cache keys."""
+    caches cold for it), median; `warm`: the same photo again (both caches hit). Eager (as shipped) and graphed
+    (CLIP, BiSeNet, FaceNet and DECA's encoder wrapped by `graphed_on_cuda`, as the preprocessors did on 2026-12-03). The photos differ in one pixel: the same detections, new cache keys."""
     from facenet_pytorch import InceptionResnetV1
     from facexlib.parsing.bisenet import BiSeNet
     from PIL import Image
@@ -260,6 +260,7 @@ def bench_first_image(device: str, photos: int = 6, profile: str | None = None) 
 
     import preprocessors.head.pipeline as head_pipeline
     import preprocessors.identity.encoder as identity_encoder
+    from preprocessors.graphed_module import graphed_on_cuda
     from preprocessors.head.encoder import DecaEncoder
     from preprocessors.head.flame import Flame
     from preprocessors.head.renderer import HeadRenderer
@@ -280,86 +281,84 @@ def bench_first_image(device: str, photos: int = 6, profile: str | None = None) 
 
     result = {}
     model, landmarks, template, mean, basis = flame_sized_assets()
-    original = (identity_encoder.graphed_on_cuda, head_pipeline.graphed_on_cuda)
     for mode in ("graphed", "eager"):
-        if mode == "eager":
-            identity_encoder.graphed_on_cuda = head_pipeline.graphed_on_cuda = lambda module, *a, **k: module
-        try:
-            torch.manual_seed(0)
-            encoder = identity_encoder.IdentityEncoder(device=device, dtype=torch.float16 if device == "cuda"
-                                                       else torch.float32)
-            config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                      num_attention_heads=16, image_size=224, patch_size=14,
-                                      hidden_act="quick_gelu")
-            encoder._clip = CLIPVisionModel(config).eval().requires_grad_(False)
-            encoder._parser = BiSeNet(num_class=19).eval().requires_grad_(False)
-            encoder._facenet = InceptionResnetV1(pretrained=None, classify=False).eval().requires_grad_(False)
-            encoder._detector = load_face_detector(device)
-            pipeline = head_pipeline.HeadPipeline(assets=None, device=device)
-            deca = DecaEncoder().eval().requires_grad_(False)
-            with torch.no_grad():  # random weights give a meaningless head: the last layer answers plausible codes
-                g = torch.Generator().manual_seed(0)
-                deca.layers[2].weight.zero_()
-                deca.layers[2].bias.copy_(torch.cat([
-                    0.5 * torch.randn(100, generator=g), 0.3 * torch.randn(50, generator=g),
-                    0.3 * torch.randn(50, generator=g), torch.tensor([0.12, 0.25, 0.05, 0.08, 0.0, 0.0]),
-                    torch.tensor([8.5, 0.01, 0.02]), torch.full((3,), 3.0), 0.3 * torch.randn(24, generator=g)]))
-            pipeline._models = (deca, Flame(model, landmarks),
-                                FlameTexture(mean, basis), HeadRenderer(template))
-            facenet_stage._FACES.clear()
-            samples = []
-            for index in range(photos):
-                image = photo(index + (0 if mode == "graphed" else 1000))
-                sync()
-                start = time.perf_counter()
-                encoder.encode(image, allow_whole_image=True)
-                pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
-                sync()
-                samples.append((time.perf_counter() - start) * 1e3)
+        def wrap(module, mode=mode, **options):
+            return graphed_on_cuda(module, device, **options) if mode == "graphed" else module
+
+        torch.manual_seed(0)
+        encoder = identity_encoder.IdentityEncoder(device=device, dtype=torch.float16 if device == "cuda"
+                                                   else torch.float32)
+        config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=224, patch_size=14,
+                                  hidden_act="quick_gelu")
+        encoder._clip = wrap(CLIPVisionModel(config).eval().requires_grad_(False))
+        encoder._parser = wrap(BiSeNet(num_class=19).eval().requires_grad_(False), capture_after=2,
+                               max_input_numel=3 * 1024 * 1024)
+        encoder._facenet = wrap(InceptionResnetV1(pretrained=None, classify=False).eval().requires_grad_(False))
+        encoder._detector = load_face_detector(device)
+        pipeline = head_pipeline.HeadPipeline(assets=None, device=device)
+        deca = DecaEncoder().eval().requires_grad_(False)
+        with torch.no_grad():  # random weights give a meaningless head: the last layer answers plausible codes
+            g = torch.Generator().manual_seed(0)
+            deca.layers[2].weight.zero_()
+            deca.layers[2].bias.copy_(torch.cat([
+                0.5 * torch.randn(100, generator=g), 0.3 * torch.randn(50, generator=g),
+                0.3 * torch.randn(50, generator=g), torch.tensor([0.12, 0.25, 0.05, 0.08, 0.0, 0.0]),
+                torch.tensor([8.5, 0.01, 0.02]), torch.full((3,), 3.0), 0.3 * torch.randn(24, generator=g)]))
+        pipeline._models = (wrap(deca), Flame(model, landmarks),
+                            FlameTexture(mean, basis), HeadRenderer(template))
+        facenet_stage._FACES.clear()
+        samples = []
+        for index in range(photos):
+            image = photo(index + (0 if mode == "graphed" else 1000))
             sync()
             start = time.perf_counter()
-            for _ in range(10):
+            encoder.encode(image, allow_whole_image=True)
+            pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
+            sync()
+            samples.append((time.perf_counter() - start) * 1e3)
+        sync()
+        start = time.perf_counter()
+        for _ in range(10):
+            encoder.encode(image, allow_whole_image=True)
+            pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
+        sync()
+        result[f"{mode}_first_call_ms"] = samples[0]
+        result[f"{mode}_cold_ms"] = statistics.median(samples[2:])
+        result[f"{mode}_cold_samples_ms"] = samples
+        result[f"{mode}_warm_ms"] = (time.perf_counter() - start) * 1e3 / 10
+        result[f"{mode}_faces_found"] = len(facenet_stage._FACES.get(
+            __import__("preprocessors.photo_key", fromlist=["photo_key"]).photo_key(image)) or ())
+        # MTCNN alone on a new photo (the stage graphs do not touch)
+        det = encoder._detector
+        mtcnn = []
+        for index in range(5):
+            image = photo(index + 2000)
+            sync()
+            start = time.perf_counter()
+            facenet_stage.detect_faces(det, image)
+            sync()
+            mtcnn.append((time.perf_counter() - start) * 1e3)
+        result[f"{mode}_mtcnn_ms"] = statistics.median(mtcnn)
+        if profile and mode == "graphed":  # where a new photo's time goes (host side; CUDA syncs show as waits)
+            import cProfile
+            import io
+            import pstats
+
+            profiler = cProfile.Profile()
+            for index in range(3):
+                image = photo(index + 3000)
+                profiler.enable()
                 encoder.encode(image, allow_whole_image=True)
                 pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
-            sync()
-            result[f"{mode}_first_call_ms"] = samples[0]
-            result[f"{mode}_cold_ms"] = statistics.median(samples[2:])
-            result[f"{mode}_cold_samples_ms"] = samples
-            result[f"{mode}_warm_ms"] = (time.perf_counter() - start) * 1e3 / 10
-            result[f"{mode}_faces_found"] = len(facenet_stage._FACES.get(
-                __import__("preprocessors.photo_key", fromlist=["photo_key"]).photo_key(image)) or ())
-            # MTCNN alone on a new photo (the stage graphs do not touch)
-            det = encoder._detector
-            mtcnn = []
-            for index in range(5):
-                image = photo(index + 2000)
                 sync()
-                start = time.perf_counter()
-                facenet_stage.detect_faces(det, image)
-                sync()
-                mtcnn.append((time.perf_counter() - start) * 1e3)
-            result[f"{mode}_mtcnn_ms"] = statistics.median(mtcnn)
-            if profile and mode == "graphed":  # where a new photo's time goes (host side; CUDA syncs show as waits)
-                import cProfile
-                import io
-                import pstats
-
-                profiler = cProfile.Profile()
-                for index in range(3):
-                    image = photo(index + 3000)
-                    profiler.enable()
-                    encoder.encode(image, allow_whole_image=True)
-                    pipeline.render(image, None, width=512, height=512, allow_whole_image=True)
-                    sync()
-                    profiler.disable()
-                text = io.StringIO()
-                stats = pstats.Stats(profiler, stream=text)
-                stats.sort_stats("cumulative").print_stats(45)
-                stats.sort_stats("tottime").print_stats(25)
-                Path(profile).write_text(text.getvalue())
-            encoder = pipeline = None
-        finally:
-            identity_encoder.graphed_on_cuda, head_pipeline.graphed_on_cuda = original
+                profiler.disable()
+            text = io.StringIO()
+            stats = pstats.Stats(profiler, stream=text)
+            stats.sort_stats("cumulative").print_stats(45)
+            stats.sort_stats("tottime").print_stats(25)
+            Path(profile).write_text(text.getvalue())
+        encoder = pipeline = None
     return result
 
 

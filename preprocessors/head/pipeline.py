@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from safe_files.rng_guard import rng_untouched
 
 from ..cache import MB, ByteLRU
-from ..graphed_module import graphed_on_cuda, place
+from ..graphed_module import place
 from ..identity.image_io import load_image
 from ..photo_key import photo_key
 from .assets import HeadAssets
@@ -117,9 +117,6 @@ class HeadPipeline:
                                 Flame.from_files(self.assets.flame_model, self.assets.landmark_embedding),
                                 FlameTexture.from_file(self.assets.flame_texture),
                                 HeadRenderer(load_obj(self.assets.head_template)))
-        encoder = graphed_on_cuda(self._models[0], self.device)  # on CUDA its forward replays a captured graph
-        if encoder is not self._models[0]:
-            self._models = (encoder, *self._models[1:])
         for model in self._models:
             place(model, self.device)
         return self._models

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..cache import MB, ByteLRU
-from ..graphed_module import graphed_on_cuda, place
+from ..graphed_module import place
 from ..photo_key import photo_key
 from . import weights
 from .clip_files import ClipSearch, locate_clip_vision, read_clip_vision
@@ -121,11 +121,9 @@ class IdentityEncoder:
         self._detector.device = self.device
         if self._clip is None:
             self._clip = build_clip_vision(self._clip_state())
-        # on CUDA the networks replay captured graphs (one image at a time: eager, their time is launch time); the
-        # parser's input follows the photo's size: captured from a size's second photo on, up to 1024² (its pool)
-        self._parser = graphed_on_cuda(self._parser, self.device, capture_after=2, max_input_numel=3 * 1024 * 1024)
-        self._facenet = graphed_on_cuda(self._facenet, self.device)
-        self._clip = graphed_on_cuda(self._clip, self.device)
+        # eager, also on CUDA: replayed as CUDA graphs (preprocessors.graphed_module) each network is 2-8x faster
+        # alone, but a cold photo end to end was not (≈ 100 ms either way on an H200) and the captures cost 2.1-2.7 s
+        # at the first photo after every load or offload (docs/PERFORMANCE.md, "The first image")
         for model in (self._parser, self._facenet):
             place(model, self.device)
         place(self._clip, self.device, self.dtype)
