@@ -195,6 +195,11 @@ def test_adetailer_face_pass_with_caphuman(adetailer_runs):
         assert inside > 2 * outside and inside > 0, (name, inside, outside)
     assert runs["ad_head"][1]["extra_generation_params"].get("CapHuman detail passes") == "1 head"
     assert runs["ad_identity"][1]["extra_generation_params"].get("CapHuman detail passes") == "1 identity"
+    if os.environ.get("CAPHUMAN_LIVE_PICTURES"):  # the README's picture: photo | ADetailer alone | head | identity
+        from PIL import Image
+
+        strip = np.concatenate([source, ad_only, runs["ad_head"][0], runs["ad_identity"][0]], axis=1)
+        Image.fromarray(strip).save(os.path.join(os.environ["CAPHUMAN_LIVE_PICTURES"], "adetailer_live.png"))
 
 
 def test_adetailer_detail_passes_off_and_unlisted_equal_adetailer_alone(adetailer_runs):
