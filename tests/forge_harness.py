@@ -15,6 +15,9 @@ from types import SimpleNamespace
 import torch
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
+from caphuman_ext.lifecycle import Generation
+from caphuman_ext.lifecycle.generation import PreparedUnit
+
 LATENT = (8, 8)
 
 
@@ -227,3 +230,35 @@ def denoiser_params(p, step: int, total: int, model=None):
                            sampling_step=step, total_sampling_steps=total)
 
 
+# -- units for the adapter tests (tests/test_forge_adapter.py, tests/forge_real_chain.py) --
+
+
+def identity(seed: int = 10, size=LATENT):
+    g = torch.Generator().manual_seed(seed)
+    hint = torch.rand(1, 9, size[0] * 8, size[1] * 8, generator=g) * 2 - 1
+    clip = torch.randn(1, 257, 1024, generator=g)
+    face = torch.nn.functional.normalize(torch.randn(1, 1, 512, generator=g), dim=-1)
+    return hint, clip, face
+
+
+def unit_params(**fields):
+    return SimpleNamespace(**{"strength": 1.0, "start": 0.0, "end": 1.0, "pose_only": 0.0, **fields})
+
+
+def make_generation(capfaces, strengths=(1.0,), render_error: Exception | None = None, **fields) -> Generation:
+    """A Generation whose units have `identity(seed=10 + i)` and hints rendered as those identities' hints."""
+    units, hints = [], []
+    for index, strength in enumerate(strengths):
+        hint, clip, face = identity(seed=10 + index)
+        capface = capfaces[index]
+        with torch.no_grad():
+            context = capface.identity_context(clip, face)
+        units.append(PreparedUnit(unit_params(strength=strength, **fields), capface, context, index))
+        hints.append(hint)
+
+    def render(params, width, height):
+        if render_error is not None:
+            raise render_error
+        return hints[[unit.params for unit in units].index(params)]
+
+    return Generation(units, render)

@@ -136,7 +136,7 @@ def main(forge_dir: Path, site: Path | None) -> None:
     from caphuman_ext.lifecycle import full_frame
     from caphuman_ext.rows import RowPlan
     from tests.core_helpers import TINY_CAPFACE, random_capface, tiny_unet
-    from tests.test_forge_adapter import LATENT, make_generation
+    from tests.forge_harness import LATENT, make_generation
 
     ldm_unet = tiny_unet(seed=1)
     neo = (forge_dir / "backend").is_dir()
