@@ -453,7 +453,7 @@ def test_forge_unet_input_is_made_in_the_captured_pass_and_follows_the_schedule(
     """The UNet's input and timesteps (Forge's `calculate_input` / `timestep` of sigma) are made inside the captured
     CapFace pass: a graph is captured anew when the schedule's tensors change (in place or replaced), and each
     result equals the A1111 hook's with the input made outside, bit for bit."""
-    from tests.test_graph_reuse import ReplayOnCpu
+    from tests.core_helpers import ReplayOnCpu
 
     graphs = ReplayOnCpu(max_graphs=8)
     x, text, uncond = latent_inputs()

@@ -18,40 +18,7 @@ from caphuman_ext.graphs import CapturedCall, GraphCache, version_of
 from caphuman_ext.lifecycle.generation import Generation, PreparedUnit
 from caphuman_ext.lifecycle.geometry import full_frame
 from caphuman_ext.rows import RowPlan, cfg_rows
-from tests.core_helpers import random_capface, tiny_unet
-
-
-class _ReplayedClosure:
-    """A stand-in `CapturedCall`: the `compute` closure of its capture, run on static buffers it owns."""
-
-    def __init__(self, compute, x, timesteps, inputs, nbytes: int) -> None:
-        self.x, self.timesteps = x.clone(), timesteps.clone()
-        self.inputs = [tensor.clone() for tensor in inputs]
-        self._sources, self._versions = list(inputs), [version_of(tensor) for tensor in inputs]
-        self.compute, self.nbytes = compute, nbytes
-
-    load = CapturedCall.load
-    release_sources = CapturedCall.release_sources
-
-    def __call__(self, x, timesteps, inputs=()):
-        self.load(inputs)
-        self.x.copy_(x)
-        self.timesteps.copy_(timesteps)
-        return self.compute(self.x, self.timesteps, self.inputs)
-
-
-class ReplayOnCpu(GraphCache):
-    """GraphCache whose "graphs" are the first call's closure run on static buffers (CPU stand-in for capture); the
-    cache's own bookkeeping (keys, budget, drops, out-of-memory retry) is the real one. Each stand-in holds
-    `graph_bytes`."""
-
-    graph_bytes = 100
-
-    def can_capture(self, x):
-        return True
-
-    def capture(self, compute, x, timesteps, inputs):
-        return _ReplayedClosure(compute, x, timesteps, inputs, self.graph_bytes)
+from tests.core_helpers import ReplayedClosure, ReplayOnCpu, random_capface, tiny_unet
 
 
 def scene(device: str):
@@ -307,7 +274,7 @@ def test_out_of_memory_in_sampling_drops_the_kept_graphs():
     from caphuman_ext.lifecycle import job
 
     graphs = ReplayOnCpu(max_graphs=8)
-    graphs.calls["kept"] = _ReplayedClosure(lambda x, t, i: [x], torch.zeros(1), torch.zeros(1), [], 100)
+    graphs.calls["kept"] = ReplayedClosure(lambda x, t, i: [x], torch.zeros(1), torch.zeros(1), [], 100)
     generation = Generation([], render=lambda *_: None, graphs=graphs)
 
     def sample(*args, **kwargs):
