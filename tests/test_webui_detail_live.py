@@ -18,7 +18,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.test_webui_integration import (
+from tests.live_webui import (
     BASE,
     CHECKPOINT,
     HIRES_EXTRA,
