@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..unit.params import DetailPass
 from .heads import Box, RenderCanvas, coverage, mask_box
 
 DETAIL_KEY = "CapHuman detail passes"  # "1 head; 2 identity": unit tab (1-based) and what it did
-MODES = ("head", "identity", "off")
 _ENTRY = re.compile(r"^\s*(\d{1,2})\s+(head|identity)\s*$")
 
 
@@ -75,7 +75,7 @@ def detail_render(render: RenderCanvas, mask_of: Callable[[], object]) -> Render
 
     def rendered(params, width: int, height: int) -> torch.Tensor:
         canvas = render(params, width, height)
-        if getattr(params, "detail_passes", "head") != "identity":
+        if getattr(params, "detail_passes", DetailPass.HEAD) != DetailPass.IDENTITY:
             return canvas
         mask = mask_of()
         box = picture_mask_box(mask) if mask is not None else None
@@ -87,5 +87,5 @@ def detail_render(render: RenderCanvas, mask_of: Callable[[], object]) -> Render
     return rendered
 
 
-__all__ = ["DETAIL_KEY", "MODES", "describe_details", "detail_render", "parse_details", "picture_mask_box",
+__all__ = ["DETAIL_KEY", "describe_details", "detail_render", "parse_details", "picture_mask_box",
            "replace_head"]

@@ -14,6 +14,7 @@ from ..control import CapFaceControl
 from ..engine import ResidualEngine
 from ..graphs import GraphCache, release_shared_graphs, shared_graphs
 from ..rows import RowPlan
+from ..unit.params import ActIn
 from .geometry import LATENT_SCALE, Frame
 from .heads import render_picture
 
@@ -50,7 +51,7 @@ def in_window(progress: float, start: float, end: float) -> bool:
 
 def acts_in_pass(passes: str, hires: bool) -> bool:
     """Whether a unit set to act in `passes` acts in this pass (`hires`: the hires-fix second pass)."""
-    return passes == "both" or passes == ("hires" if hires else "first")
+    return passes == ActIn.BOTH or passes == (ActIn.HIRES if hires else ActIn.FIRST)
 
 
 class Generation:

@@ -20,7 +20,7 @@ import torch
 from ..compatibility import IncompatibleUNetError, check_compatible
 from ..graphs import is_out_of_memory
 from ..unit.infotext import NOTE_KEY, infotext_key, to_infotext
-from ..unit.params import UnitParams, UnitValidationError, units_from_args
+from ..unit.params import ActIn, DetailPass, UnitParams, UnitValidationError, units_from_args
 from .detail import DETAIL_KEY, describe_details, detail_render
 from .generation import CapHumanError, Generation, PreparedUnit
 from .geometry import Frame, crop_frame, full_frame, hires_frame
@@ -189,10 +189,10 @@ def start(p, args: Sequence, host: Host, services: JobServices, task: object = N
         if refine is not None:
             # every pass of it, the identity from its first step (pose-only steps shape a composition; a refine
             # keeps the picture's and exists to carry the identity)
-            units = [(position, dataclasses.replace(unit, passes="both", pose_only=0.0)) for position, unit in units
+            units = [(position, dataclasses.replace(unit, passes=ActIn.BOTH.value, pose_only=0.0)) for position, unit in units
                      if position == refine.position]
         elif outer is not None:
-            units = [(position, unit) for position, unit in units if unit.detail_passes != "off"]
+            units = [(position, unit) for position, unit in units if unit.detail_passes != DetailPass.OFF]
             render = detail_render(render, lambda: getattr(p, "mask_for_overlay", None))
         if not units:
             return None

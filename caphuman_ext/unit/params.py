@@ -13,6 +13,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,25 @@ from preprocessors.identity.image_io import (
     working_pixels,
 )
 
-PASSES = ("both", "first", "hires")  # values of `passes` (API, infotext, X/Y/Z)
-# values of `detail_passes`: what the unit does in another extension's detail pass (ADetailer's face inpaint)
-DETAIL_PASSES = ("head", "identity", "off")  # identity + the first pass's head / identity, head on the mask / nothing
+
+class ActIn(str, Enum):
+    """`passes`: the sampling passes a unit acts in (string values: API, infotext, X/Y/Z)."""
+
+    BOTH = "both"
+    FIRST = "first"  # the first pass only
+    HIRES = "hires"  # the hires pass only
+
+
+class DetailPass(str, Enum):
+    """`detail_passes`: what a unit does in another extension's detail pass (ADetailer's face inpaint)."""
+
+    HEAD = "head"  # identity + the first pass's head, cut to the pass's crop
+    IDENTITY = "identity"  # identity, the unit's head moved onto the pass's mask
+    OFF = "off"  # nothing
+
+
+PASSES = tuple(value.value for value in ActIn)
+DETAIL_PASSES = tuple(value.value for value in DetailPass)
 MAX_PHOTOS = 8  # reference photos per unit (the first plus the UI's "more photos")
 # The work one request may ask for, over all its units (reference and pose photos): every photo is parsed, encoded
 # and fitted at its working size (at most MAX_SIDE a side, as `upright_rgb` downscales it; the reference pipeline

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from enum import Enum
 
 import torch
 
-MODES = ("position", "pose", "expression", "lighting")
-DEFAULT_MODES = ("position", "pose")
+
+class HeadMode(str, Enum):
+    """What a unit copies from its pose photo (the string values are what the API, the UI and the infotext carry)."""
+
+    POSITION = "position"  # where the head is: the crop transform and camera
+    POSE = "pose"  # the global head rotation
+    EXPRESSION = "expression"  # expression and jaw
+    LIGHTING = "lighting"  # spherical-harmonics light
+
+
+MODES = tuple(mode.value for mode in HeadMode)
+DEFAULT_MODES = (HeadMode.POSITION.value, HeadMode.POSE.value)
 
 
 def parse_modes(modes: str | Iterable[str]) -> tuple[str, ...]:

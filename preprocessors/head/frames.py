@@ -7,12 +7,23 @@ does, and map the rendered head from that square into the W×H canvas of the cho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
 from PIL import Image
 
-RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+
+class ResizeMode(str, Enum):
+    """How a photo of another shape fits the W×H canvas: the webui's resize modes. The string values are what the API,
+    the UI and the infotext carry."""
+
+    JUST_RESIZE = "Just Resize"
+    CROP_AND_RESIZE = "Crop and Resize"
+    RESIZE_AND_FILL = "Resize and Fill"
+
+
+RESIZE_MODES = tuple(mode.value for mode in ResizeMode)
 
 
 @dataclass(frozen=True)
@@ -44,9 +55,9 @@ def canvas_mapping(frame: SquareFrame, width: int, height: int, mode: str) -> tu
     """(sx, ox, sy, oy): photo pixel (x, y) -> canvas pixel (sx·x + ox, sy·y + oy) for a webui resize mode."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; choose from {RESIZE_MODES}")
-    if mode == "Just Resize":
+    if mode == ResizeMode.JUST_RESIZE:
         return width / frame.width, 0.0, height / frame.height, 0.0
-    scale = (max if mode == "Crop and Resize" else min)(width / frame.width, height / frame.height)
+    scale = (max if mode == ResizeMode.CROP_AND_RESIZE else min)(width / frame.width, height / frame.height)
     return scale, (width - frame.width * scale) / 2, scale, (height - frame.height * scale) / 2
 
 
